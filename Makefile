@@ -1,0 +1,54 @@
+# Every target bootstraps .venv/ by itself (fresh machine: python3 + pip + gcc are enough).
+# Re-running is fast: the install stamp is only remade when the packaging or C++ sources change.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.drpose-installed
+# torch==2.13.0 is the CPU build on this disk; on a GPU machine install your CUDA torch into the
+# venv first and pass TORCH_SPEC= (empty) to keep it.
+TORCH_SPEC ?= torch==2.13.0
+CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu)
+CUDA_SOURCES := $(wildcard csrc/*.cu)
+
+.PHONY: test bench lint cuda-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(CSRC)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel ninja
+	$(if $(TORCH_SPEC),$(BIN)/pip install -q "$(TORCH_SPEC)")
+	$(BIN)/pip install -q triton
+	$(BIN)/pip install -q -e ".[dev]" --no-build-isolation
+	touch $(STAMP)
+
+## make test: lint, the whole test suite, and (when csrc/ has CUDA sources) their compile check
+test: $(STAMP) $(if $(CUDA_SOURCES),cuda-check)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+## make bench: pytest-benchmark suite, each fused op against its torch baseline
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench --benchmark-only -q \
+		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## make cuda-check: compile csrc/ (with CUDA sources) against the CUDA build of torch, in .venv-cuda
+CUDA_VENV := .venv-cuda
+CUDA_STAMP := $(CUDA_VENV)/.drpose-cuda-built
+cuda-check: $(CUDA_STAMP)
+$(CUDA_STAMP): setup.py $(CSRC)
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q --upgrade pip setuptools wheel ninja
+	$(CUDA_VENV)/bin/pip install -q torch==2.14.1 numpy
+	rm -rf build/cuda-check
+	CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0 DRPOSE_BUILD_CUDA=1 MAX_JOBS=2 \
+		$(CUDA_VENV)/bin/python setup.py build_ext --build-temp build/cuda-check/tmp \
+		--build-lib build/cuda-check/lib
+	touch $(CUDA_STAMP)
+
+clean:
+	rm -rf build *.egg-info drpose/_C*.so .pytest_cache .benchmarks

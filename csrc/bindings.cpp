@@ -1,0 +1,9 @@
+// Thin Python bindings of drpose._C. The public op library (torch.library, namespace "drpose")
+// is defined in drpose/ops/; it calls these entry points for backend="cpu".
+#include "ops.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "drpose C++ (OpenMP) kernels; use them through drpose.ops";
+  m.def("pose_heatmap_loss_forward_cpu", &drpose::pose_heatmap_loss_forward_cpu);
+  m.def("pose_heatmap_loss_backward_cpu", &drpose::pose_heatmap_loss_backward_cpu);
+}

@@ -1,0 +1,23 @@
+// Declarations of every kernel entry point of drpose._C. The kernels themselves live in one file
+// per op (<op>_cpu.cpp, <op>_cuda.cu); bindings.cpp exposes them to Python. Shapes and dtypes are
+// validated in Python (drpose/ops/<op>.py); these functions only check what memory safety needs.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <tuple>
+
+namespace drpose {
+
+// pose_heatmap_loss: per-map weighted loss sums and their gradients; see
+// drpose/ops/pose_heatmap_loss.py for the maths. loss: 0 = bce, 1 = mse.
+at::Tensor pose_heatmap_loss_forward_cpu(const at::Tensor& logits,     // (M, H, W)
+                                         const at::Tensor& keypoints,  // (M, 2)
+                                         const at::Tensor& weight,     // (M,)
+                                         double sigma, int64_t loss);
+std::tuple<at::Tensor, at::Tensor> pose_heatmap_loss_backward_cpu(
+    const at::Tensor& logits, const at::Tensor& keypoints,
+    const at::Tensor& coeff,  // (M,) upstream gradient times weight
+    double sigma, int64_t loss, bool keypoints_grad);
+
+}  // namespace drpose
