@@ -1,0 +1,254 @@
+"""Row-wise multi-view attention (Era3D / PSHuman ``attn_mv``), fused.
+
+Layout: ``q``, ``k``, ``v`` and the output are ``(B*V, heads, H*W, D)``, the layout diffusers'
+``Attention`` has after splitting heads, with rows ordered (sample, view), view fastest, and
+tokens ordered (y, x), x fastest. For every sample ``b`` and image row ``y`` the ``V*W`` tokens
+``{(view, y, x)}`` attend to each other and to nothing else::
+
+    rearrange (b v) n (h w) d -> (b h) n (v w) d
+    out = softmax(q k^T * scale) v          (scale defaults to 1/sqrt(D))
+    rearrange back
+
+Backends:
+
+* ``"torch"``: :func:`row_attention_reference`, the specification (differentiable by autograd).
+* ``"cpu"``: the rearrange + the CPU flash-attention kernel that
+  ``torch.nn.functional.scaled_dot_product_attention`` dispatches to on CPU (its forward also
+  returns the logsumexp, which its backward kernel reuses).
+* ``"triton"``: :mod:`drpose_kernels.row_attention`, which reads the strided layout in place
+  (no rearranged copies of q, k, v or the output) for CUDA tensors, or on CPU under
+  ``TRITON_INTERPRET=1``.
+* ``"auto"``: CUDA tensors -> ``"triton"``, CPU tensors -> ``"cpu"``.
+
+The ``"cpu"`` and ``"triton"`` backends run through the custom op ``drpose::row_attention``
+(output and logsumexp) whose gradient is the custom op ``drpose::row_attention_backward``, so
+``torch.compile`` traces them as single nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Backend = Literal["auto", "torch", "cpu", "triton"]
+BACKENDS = ("auto", "torch", "cpu", "triton")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 256
+
+
+def rows_from_views(x: Tensor, views: int, height: int) -> Tensor:
+    """Rearrange ``(B*V, n, H*W, ...) -> (B*H, n, V*W, ...)`` (a copy; tokens view-major)."""
+    bv, n, hw = x.shape[:3]
+    tail = x.shape[3:]
+    b, w = bv // views, hw // height
+    x = x.reshape(b, views, n, height, w, *tail).transpose(1, 3)  # (B, H, n, V, W, ...)
+    return x.reshape(b * height, n, views * w, *tail)
+
+
+def views_from_rows(x: Tensor, views: int, height: int) -> Tensor:
+    """Inverse of :func:`rows_from_views`: ``(B*H, n, V*W, ...) -> (B*V, n, H*W, ...)``."""
+    bh, n, vw = x.shape[:3]
+    tail = x.shape[3:]
+    b, w = bh // height, vw // views
+    x = x.reshape(b, height, n, views, w, *tail).transpose(1, 3)  # (B, V, n, H, W, ...)
+    return x.reshape(b * views, n, height * w, *tail)
+
+
+def row_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, *, views: int, height: int, scale: float | None = None
+) -> Tensor:
+    """Row-wise multi-view attention in plain torch: the specification.
+
+    Args:
+        q, k, v: ``(B*V, heads, H*W, D)`` floating tensors of one dtype and device.
+        views: V, the number of views per sample (rows of the batch are (sample, view)).
+        height: H, the number of image rows; W = (H*W) / height.
+        scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``(B*V, heads, H*W, D)`` in the input dtype: for every sample and image row, softmax
+        attention of the row's V*W tokens among themselves. Computed in float32 (float64 for
+        float64 inputs): ``softmax(q k^T * scale) v``.
+    """
+    check_inputs(q, k, v, views=views, height=height)
+    scale = default_scale(q, scale)
+    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qr, kr, vr = (rows_from_views(t.to(compute_dtype), views, height) for t in (q, k, v))
+    scores = torch.matmul(qr, kr.transpose(-1, -2)) * scale  # (B*H, heads, V*W, V*W)
+    out = torch.matmul(torch.softmax(scores, dim=-1), vr)
+    return views_from_rows(out, views, height).to(q.dtype)
+
+
+def default_scale(q: Tensor, scale: float | None) -> float:
+    """``scale`` as a Python float, ``1/sqrt(D)`` when ``None``."""
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, *, views: int, height: int) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the argument when the inputs break the contract."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"row_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"row_attention: {name} must be 4-D (B*V, heads, H*W, D), got shape "
+                f"{tuple(t.shape)}"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"row_attention: {name} must be a floating tensor, got {t.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(
+                f"row_attention: {name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}"
+            )
+        if t.dtype != q.dtype:
+            raise TypeError(f"row_attention: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(
+                f"row_attention: {name} must be on q's device {q.device}, got {t.device}"
+            )
+    if not isinstance(views, int) or views < 1:
+        raise ValueError(f"row_attention: views must be a positive int, got {views!r}")
+    if not isinstance(height, int) or height < 1:
+        raise ValueError(f"row_attention: height must be a positive int, got {height!r}")
+    bv, _, hw, _ = q.shape
+    if bv % views:
+        raise ValueError(
+            f"row_attention: q.shape[0] = B*V = {bv} must be divisible by views = {views}"
+        )
+    if hw % height:
+        raise ValueError(
+            f"row_attention: q.shape[2] = H*W = {hw} must be divisible by height = {height}"
+        )
+
+
+def _check_triton_inputs(q: Tensor) -> None:
+    if q.dtype not in TRITON_DTYPES:
+        raise TypeError(
+            f"row_attention(backend='triton'): q, k, v must be float16, bfloat16 or float32, got "
+            f"{q.dtype}; use backend='cpu' or 'torch' for float64"
+        )
+    if q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        raise ValueError(
+            f"row_attention(backend='triton'): head dim D = q.shape[3] must be <= "
+            f"{TRITON_MAX_HEAD_DIM}, got {q.shape[-1]}"
+        )
+
+
+def _lse_dtype(q: Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("drpose::row_attention", mutates_args=())
+def _row_attention_op(
+    q: Tensor, k: Tensor, v: Tensor, views: int, height: int, scale: float, backend: str
+) -> tuple[Tensor, Tensor]:
+    """Returns ``out (B*V, heads, H*W, D)`` and ``lse (B*V, heads, H*W)`` (the logsumexp of each
+    query's scaled scores, float32; float64 for float64 inputs), for ``backend`` cpu|triton."""
+    if backend == "triton":
+        from drpose_kernels.row_attention import row_attention_forward
+
+        return row_attention_forward(q, k, v, views=views, height=height, scale=scale)
+    qr, kr, vr = (rows_from_views(t, views, height) for t in (q, k, v))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qr, kr, vr, scale=scale)
+    return views_from_rows(out, views, height), views_from_rows(lse, views, height)
+
+
+@_row_attention_op.register_fake
+def _(q, k, v, views, height, scale, backend):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        q.shape[:3], dtype=_lse_dtype(q)
+    )
+
+
+@torch.library.custom_op("drpose::row_attention_backward", mutates_args=())
+def _row_attention_backward_op(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    views: int,
+    height: int,
+    scale: float,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(dq, dk, dv)`` of ``drpose::row_attention``, each shaped like ``q``."""
+    if backend == "triton":
+        from drpose_kernels.row_attention import row_attention_backward
+
+        return row_attention_backward(
+            grad_out, q, k, v, out, lse, views=views, height=height, scale=scale
+        )
+    rows = [rows_from_views(t, views, height) for t in (grad_out, q, k, v, out, lse)]
+    grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        *rows, 0.0, False, scale=scale
+    )
+    return tuple(views_from_rows(g, views, height) for g in grads)
+
+
+@_row_attention_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, views, height, scale, backend):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, views, height, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.config = (views, height, scale, backend)
+
+
+def _backward(ctx, grad_out: Tensor, _grad_lse: Tensor | None):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _row_attention_backward_op(grad_out.contiguous(), q, k, v, out, lse, *ctx.config)
+    return dq, dk, dv, None, None, None, None
+
+
+_row_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def resolve_backend(q: Tensor, backend: str) -> str:
+    """Map ``"auto"`` to ``"triton"`` for CUDA tensors and ``"cpu"`` otherwise; validate names."""
+    if backend not in BACKENDS:
+        raise ValueError(f"row_attention: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if q.is_cuda else "cpu"
+    return backend
+
+
+def row_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    views: int,
+    height: int,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Row-wise multi-view attention (see the module docstring for the maths and backends).
+
+    Args:
+        q, k, v: ``(B*V, heads, H*W, D)``, one floating dtype and device; rows ordered
+            (sample, view) with view fastest, tokens ordered (y, x) with x fastest.
+        views: V. height: H (image rows); W = (H*W) / H.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        backend: ``"auto"`` | ``"torch"`` | ``"cpu"`` | ``"triton"``.
+
+    Returns:
+        ``(B*V, heads, H*W, D)`` in the input dtype, differentiable with respect to q, k, v.
+    """
+    check_inputs(q, k, v, views=views, height=height)
+    backend = resolve_backend(q, backend)
+    scale = default_scale(q, scale)
+    if backend == "torch":
+        return row_attention_reference(q, k, v, views=views, height=height, scale=scale)
+    if backend == "triton":
+        _check_triton_inputs(q)
+    out, _ = _row_attention_op(q, k, v, views, height, scale, backend)
+    return out
