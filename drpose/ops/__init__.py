@@ -1,8 +1,17 @@
-"""drpose.ops: the public fused ops (see ARCHITECTURE.md, "An op, end to end")."""
+"""The public ops of drpose: each has a torch reference, a C++ CPU kernel and/or a Triton kernel.
 
-from drpose.ops.row_attention import row_attention, row_attention_reference
+All are registered in the ``drpose`` torch op library (``torch.ops.drpose.*``) with fake
+implementations, so ``torch.compile`` traces them.
+"""
+
+from drpose.ops.pose_heatmap_loss import (
+    pose_heatmap_loss,
+    pose_heatmap_loss_reference,
+    render_heatmaps,
+)
 
 __all__ = [
-    "row_attention",
-    "row_attention_reference",
+    "pose_heatmap_loss",
+    "pose_heatmap_loss_reference",
+    "render_heatmaps",
 ]

@@ -1,0 +1,73 @@
+"""Input checks and backend choice shared by every op in :mod:`drpose.ops`.
+
+Backends: ``"torch"`` (the reference, anywhere), ``"cpu"`` (the C++ kernels of ``drpose._C``),
+``"triton"`` (the kernels of ``drpose_kernels``: CUDA tensors, or CPU tensors under
+``TRITON_INTERPRET=1``). ``"auto"`` picks triton for CUDA tensors and cpu for CPU tensors, and
+falls back to torch (with one warning) when the needed piece is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from drpose import _extension
+
+BACKENDS = ("auto", "torch", "cpu", "triton")
+
+
+def check_tensor(op: str, name: str, value: object, *, dims: int | None = None,
+                 floating: bool = False) -> torch.Tensor:
+    """Raise TypeError/ValueError naming ``op`` and ``name`` unless ``value`` is a fitting tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}(): {name} must be a torch.Tensor, got {type(value).__name__}")
+    if dims is not None and value.dim() != dims:
+        raise ValueError(f"{op}(): {name} must have {dims} dimensions, got shape "
+                         f"{tuple(value.shape)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{op}(): {name} must be a floating-point tensor (float16, bfloat16, "
+                        f"float32 or float64), got {value.dtype}")
+    return value
+
+
+def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
+    """Raise ValueError unless every given tensor is on one device; return that device."""
+    given = {name: t for name, t in tensors.items() if t is not None}
+    devices = {t.device for t in given.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {t.device}" for name, t in given.items())
+        raise ValueError(f"{op}(): all tensors must be on one device, got {where}")
+    return devices.pop()
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(op: str, backend: str, device: torch.device) -> str:
+    """Turn ``backend`` ("auto" included) into the backend that will run on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}(): backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            if _extension.has_triton():
+                return "triton"
+            warnings.warn(f"{op}(): triton is not installed; running the torch reference on "
+                          "CUDA (pip install triton)", RuntimeWarning, stacklevel=3)
+            return "torch"
+        if device.type == "cpu" and _extension.load() is not None:
+            return "cpu"
+        return "torch"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"{op}(): backend='cpu' needs CPU tensors, got {device}")
+        _extension.require()
+    if backend == "triton":
+        if not _extension.has_triton():
+            raise RuntimeError(f"{op}(): backend='triton' needs triton (pip install triton)")
+        if device.type != "cuda" and not triton_interpreted():
+            raise ValueError(f"{op}(): backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
+                             f"set before triton is imported, for testing), got {device}")
+    return backend
