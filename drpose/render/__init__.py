@@ -1,0 +1,1 @@
+"""drpose.render: PSHuman's camera rig, projection and condition maps (see cameras.py)."""
