@@ -33,8 +33,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from drpose.ops import _dispatch
+
+OP = "row_attention"
 Backend = Literal["auto", "torch", "cpu", "triton"]
-BACKENDS = ("auto", "torch", "cpu", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_HEAD_DIM = 256
 
@@ -90,52 +92,32 @@ def default_scale(q: Tensor, scale: float | None) -> float:
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, *, views: int, height: int) -> None:
     """Raise ``TypeError``/``ValueError`` naming the argument when the inputs break the contract."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"row_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"row_attention: {name} must be 4-D (B*V, heads, H*W, D), got shape "
-                f"{tuple(t.shape)}"
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"row_attention: {name} must be a floating tensor, got {t.dtype}")
+        _dispatch.check_tensor(OP, name, t, dims=4, floating=True)
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape:
-            raise ValueError(
-                f"row_attention: {name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{OP}(): {name} must have q's shape (B*V, heads, H*W, D) = "
+                             f"{tuple(q.shape)}, got {tuple(t.shape)}")
         if t.dtype != q.dtype:
-            raise TypeError(f"row_attention: {name} must have q's dtype {q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(
-                f"row_attention: {name} must be on q's device {q.device}, got {t.device}"
-            )
-    if not isinstance(views, int) or views < 1:
-        raise ValueError(f"row_attention: views must be a positive int, got {views!r}")
-    if not isinstance(height, int) or height < 1:
-        raise ValueError(f"row_attention: height must be a positive int, got {height!r}")
-    bv, _, hw, _ = q.shape
-    if bv % views:
-        raise ValueError(
-            f"row_attention: q.shape[0] = B*V = {bv} must be divisible by views = {views}"
-        )
-    if hw % height:
-        raise ValueError(
-            f"row_attention: q.shape[2] = H*W = {hw} must be divisible by height = {height}"
-        )
+            raise TypeError(f"{OP}(): {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    _dispatch.check_same_device(OP, q=q, k=k, v=v)
+    for name, value in (("views", views), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{OP}(): {name} must be a positive int, got {value!r}")
+    rows, _, tokens, _ = q.shape
+    if rows % views:
+        raise ValueError(f"{OP}(): q.shape[0] = B*V = {rows} must be divisible by views = {views}")
+    if tokens % height:
+        raise ValueError(f"{OP}(): q.shape[2] = H*W = {tokens} must be divisible by height = "
+                         f"{height}")
 
 
 def _check_triton_inputs(q: Tensor) -> None:
     if q.dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"row_attention(backend='triton'): q, k, v must be float16, bfloat16 or float32, got "
-            f"{q.dtype}; use backend='cpu' or 'torch' for float64"
-        )
+        raise TypeError(f"{OP}(backend='triton'): q, k, v must be float16, bfloat16 or float32, "
+                        f"got {q.dtype}; use backend='cpu' or 'torch' for float64")
     if q.shape[-1] > TRITON_MAX_HEAD_DIM:
-        raise ValueError(
-            f"row_attention(backend='triton'): head dim D = q.shape[3] must be <= "
-            f"{TRITON_MAX_HEAD_DIM}, got {q.shape[-1]}"
-        )
+        raise ValueError(f"{OP}(backend='triton'): head dim D = q.shape[3] must be <= "
+                         f"{TRITON_MAX_HEAD_DIM}, got {q.shape[-1]}")
 
 
 def _lse_dtype(q: Tensor) -> torch.dtype:
@@ -146,8 +128,9 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
 def _row_attention_op(
     q: Tensor, k: Tensor, v: Tensor, views: int, height: int, scale: float, backend: str
 ) -> tuple[Tensor, Tensor]:
-    """Returns ``out (B*V, heads, H*W, D)`` and ``lse (B*V, heads, H*W)`` (the logsumexp of each
-    query's scaled scores, float32; float64 for float64 inputs), for ``backend`` cpu|triton."""
+    """Returns ``out (B*V, heads, H*W, D)`` and ``lse (B*V, heads, H*W)``, the per-query
+    logsumexp of the scaled scores that the backward reuses: natural log for ``backend="cpu"``
+    (float32; float64 for float64 inputs), base 2 (``lse / ln 2``, float32) for "triton"."""
     if backend == "triton":
         from drpose_kernels.row_attention import row_attention_forward
 
@@ -205,7 +188,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out: Tensor, _grad_lse: Tensor | None):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _row_attention_backward_op(grad_out.contiguous(), q, k, v, out, lse, *ctx.config)
+    dq, dk, dv = _row_attention_backward_op(grad_out, q, k, v, out, lse, *ctx.config)
     return dq, dk, dv, None, None, None, None
 
 
@@ -213,11 +196,19 @@ _row_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def resolve_backend(q: Tensor, backend: str) -> str:
-    """Map ``"auto"`` to ``"triton"`` for CUDA tensors and ``"cpu"`` otherwise; validate names."""
-    if backend not in BACKENDS:
-        raise ValueError(f"row_attention: backend must be one of {BACKENDS}, got {backend!r}")
+    """``"auto"`` -> ``"triton"`` for CUDA tensors, ``"cpu"`` otherwise; validate the choice.
+
+    The ``"cpu"`` path needs only torch (not ``drpose._C``), so it is always available on CPU.
+    """
     if backend == "auto":
-        return "triton" if q.is_cuda else "cpu"
+        backend = "triton" if q.is_cuda else "cpu"
+    if backend == "cpu" and q.device.type != "cpu":
+        raise ValueError(f"{OP}(): backend='cpu' needs CPU tensors, got {q.device}")
+    if backend in ("cpu", "torch"):
+        return backend
+    backend = _dispatch.resolve_backend(OP, backend, q.device)
+    if backend == "triton":
+        _check_triton_inputs(q)
     return backend
 
 
@@ -248,7 +239,5 @@ def row_attention(
     scale = default_scale(q, scale)
     if backend == "torch":
         return row_attention_reference(q, k, v, views=views, height=height, scale=scale)
-    if backend == "triton":
-        _check_triton_inputs(q)
     out, _ = _row_attention_op(q, k, v, views, height, scale, backend)
     return out
