@@ -1,0 +1,5 @@
+"""drpose.models: the multi-view diffusion UNet (PSHuman-compatible) and its configs."""
+
+from drpose.models.mv_unet import MultiViewUNet
+
+__all__ = ["MultiViewUNet"]
