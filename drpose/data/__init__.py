@@ -1,0 +1,1 @@
+"""Data: motion import (BVH, Motion-X, AMASS) to SMPL-X poses, pose selection, DrPose15K."""
