@@ -2,7 +2,8 @@
 
 C++ (OpenMP) sources are always compiled. CUDA sources (``csrc/*.cu``) are compiled only when
 :func:`build_cuda` says so: torch is a CUDA build and a CUDA toolkit is found, unless
-``DRPOSE_BUILD_CUDA=0|1`` overrides. ``pip install -e . --no-build-isolation`` runs this.
+``DRPOSE_BUILD_CUDA=0|1`` overrides. ``DRPOSE_NATIVE=0`` turns off ``-march=native``.
+``pip install -e . --no-build-isolation`` runs this.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def extensions() -> list:
 
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cpp"))
     openmp = ["-fopenmp"] if platform.system() == "Linux" else []
-    cxx = ["-O3", "-std=c++17", *openmp]
+    # The extension is compiled on the machine that runs it, so by default it uses that CPU's
+    # vector units; DRPOSE_NATIVE=0 builds a portable binary (e.g. for a shared cluster image).
+    native = ["-march=native"] if os.environ.get("DRPOSE_NATIVE", "1") == "1" else []
+    cxx = ["-O3", "-std=c++17", *native, *openmp]
     if not build_cuda():
         return [CppExtension("drpose._C", sources, extra_compile_args={"cxx": cxx},
                              extra_link_args=openmp)]

@@ -12,6 +12,7 @@
 // approximations below, which the compiler vectorises (max error ~2 ulp); double uses libm.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -28,7 +29,7 @@ enum class Loss : int64_t { kBce = 0, kMse = 1 };
 // Taylor polynomial for e^r (truncation < 6e-9 relative) and 2^n built in the exponent bits.
 // x < -87 is clamped (e^-87 ~ 1.6e-38, the smallest normal float is 1.2e-38).
 inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
+  x = std::max(x, -87.0f);
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   const float n = (x * 1.44269504088896341f + shifter) - shifter;
   float r = x - n * 0.693359375f;

@@ -12,7 +12,10 @@ import importlib
 import warnings
 from types import ModuleType
 
+import torch
+
 BUILD_HINT = "build it with `pip install -e . --no-build-isolation` from the drpose checkout"
+MISSING = f"backend='cpu' needs the compiled extension drpose._C; {BUILD_HINT}"
 
 
 @functools.cache
@@ -30,14 +33,21 @@ def load() -> ModuleType | None:
         return None
 
 
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether ``drpose._C`` is built (a constant for ``torch.compile``)."""
+    return load() is not None
+
+
 def require() -> ModuleType:
     """Return ``drpose._C`` or raise a RuntimeError that says how to build it."""
     ext = load()
     if ext is None:
-        raise RuntimeError(f"backend='cpu' needs the compiled extension drpose._C; {BUILD_HINT}")
+        raise RuntimeError(MISSING)
     return ext
 
 
+@torch.compiler.assume_constant_result
 def has_triton() -> bool:
     """Whether triton can be imported (it is needed for CUDA tensors and the interpreter)."""
     return importlib.util.find_spec("triton") is not None

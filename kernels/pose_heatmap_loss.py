@@ -54,7 +54,7 @@ def _forward_kernel(logits_ptr, kp_ptr, weight_ptr, params_ptr, out_ptr, H, W,
             idx = start + tl.arange(0, BLOCK)
             mask = idx < n
             z = tl.load(logits_ptr + m * n + idx, mask=mask, other=0).to(weight.dtype)
-            t, x, y = _target(idx, W, kx, ky, inv_two_sigma2)
+            t, _, _ = _target(idx, W, kx, ky, inv_two_sigma2)
             if LOSS == 0:
                 f = tl.maximum(z, 0.0) - z * t + _log1p_unit(tl.exp(-tl.abs(z)))
             else:
@@ -86,7 +86,8 @@ def _backward_kernel(logits_ptr, kp_ptr, coeff_ptr, params_ptr, grad_ptr, grad_k
         else:
             d_logit = 2.0 * (z - t)
             d_target = -2.0 * (z - t)
-        tl.store(grad_ptr + m * n + idx, (c * d_logit).to(grad_ptr.dtype.element_ty), mask=mask)
+        grad = (c * d_logit).to(grad_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        tl.store(grad_ptr + m * n + idx, grad, mask=mask)
         if KEYPOINTS_GRAD:
             g = tl.where(mask, d_target * t, 0.0)
             acc_x += g * (x - kx)

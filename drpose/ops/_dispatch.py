@@ -20,7 +20,7 @@ BACKENDS = ("auto", "torch", "cpu", "triton")
 
 def check_tensor(op: str, name: str, value: object, *, dims: int | None = None,
                  floating: bool = False) -> torch.Tensor:
-    """Raise TypeError/ValueError naming ``op`` and ``name`` unless ``value`` is a fitting tensor."""
+    """Raise TypeError/ValueError naming ``op`` and ``name`` unless ``value`` fits."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}(): {name} must be a torch.Tensor, got {type(value).__name__}")
     if dims is not None and value.dim() != dims:
@@ -57,13 +57,14 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
             warnings.warn(f"{op}(): triton is not installed; running the torch reference on "
                           "CUDA (pip install triton)", RuntimeWarning, stacklevel=3)
             return "torch"
-        if device.type == "cpu" and _extension.load() is not None:
+        if device.type == "cpu" and _extension.available():
             return "cpu"
         return "torch"
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"{op}(): backend='cpu' needs CPU tensors, got {device}")
-        _extension.require()
+        if not _extension.available():
+            raise RuntimeError(f"{op}(): {_extension.MISSING}")
     if backend == "triton":
         if not _extension.has_triton():
             raise RuntimeError(f"{op}(): backend='triton' needs triton (pip install triton)")

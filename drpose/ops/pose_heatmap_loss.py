@@ -135,7 +135,8 @@ def pose_heatmap_loss(logits: Tensor, keypoints: Tensor, visible: Tensor | None 
 @torch.library.custom_op("drpose::pose_heatmap_map_loss", mutates_args=())
 def _map_loss(logits: Tensor, keypoints: Tensor, weight: Tensor, sigma: float, loss: str,
               backend: str) -> Tensor:
-    """out[m] = weight[m] * sum_{y,x} f(logits[m], t_m): logits (M,H,W), keypoints (M,2), weight (M,)."""
+    """out[m] = weight[m] * sum_{y,x} f(logits[m], t_m); logits (M,H,W), keypoints (M,2),
+    weight (M,)."""
     if backend == "cpu":
         return _extension.require().pose_heatmap_loss_forward_cpu(
             logits, keypoints, weight, sigma, LOSSES.index(loss))

@@ -1,0 +1,233 @@
+"""pose_heatmap_loss and render_heatmaps: every backend against the reference."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from drpose import _extension
+from drpose.ops import pose_heatmap_loss, pose_heatmap_loss_reference, render_heatmaps
+from drpose.ops._dispatch import resolve_backend
+
+BACKENDS = ["cpu", "triton"]
+# (B, V, J, H, W): an odd size, a tiny one, and one wider than a Triton tile
+SHAPES = [(2, 3, 4, 37, 53), (1, 1, 1, 5, 3), (1, 2, 2, 40, 41)]
+
+
+def make_inputs(shape, dtype, *, seed=0, spread=1.0, p_visible=0.7):
+    batch, views, joints, height, width = shape
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    # keypoints partly outside the map: spread > 1 scatters them beyond the borders
+    frac = (torch.rand(batch, views, joints, 2, generator=gen, dtype=torch.float64) - 0.5) * spread
+    keypoints = (frac + 0.5) * torch.tensor([width - 1, height - 1], dtype=torch.float64)
+    visible = torch.rand(batch, views, joints, generator=gen) < p_visible
+    return logits.to(dtype), keypoints.to(dtype), visible
+
+
+def grads(fn, logits, keypoints, visible, upstream, **kwargs):
+    logits = logits.detach().requires_grad_()
+    keypoints = keypoints.detach().requires_grad_()
+    out = fn(logits, keypoints, visible, reduction="none", **kwargs)
+    grad_logits, grad_keypoints = torch.autograd.grad(out, (logits, keypoints), upstream)
+    return out.detach(), grad_logits, grad_keypoints
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_matches_reference(backend, shape, loss, dtype, tol):
+    logits, keypoints, visible = make_inputs(shape, dtype, spread=1.4)
+    upstream = torch.randn(shape[0], dtype=dtype)  # any upstream gradient, reduction="none"
+    expected = grads(pose_heatmap_loss_reference, logits, keypoints, visible, upstream,
+                     sigma=2.5, loss=loss)
+    got = grads(pose_heatmap_loss, logits, keypoints, visible, upstream, sigma=2.5, loss=loss,
+                backend=backend)
+    for name, e, g in zip(("loss", "grad_logits", "grad_keypoints"), expected, got, strict=True):
+        assert g.dtype == e.dtype, name
+        scale = e.abs().max().item() + 1e-30
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol * scale, msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reductions(backend, reduction):
+    logits, keypoints, visible = make_inputs((3, 2, 3, 9, 11), torch.float64)
+    logits.requires_grad_()
+    expected = pose_heatmap_loss_reference(logits, keypoints, visible, reduction=reduction)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    got = pose_heatmap_loss(logits, keypoints, visible, reduction=reduction, backend=backend)
+    (got_grad,) = torch.autograd.grad(got, logits)
+    assert got.shape == ()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sigma", [0.3, 40.0])
+def test_sigma_extremes(backend, sigma):
+    logits, keypoints, visible = make_inputs((1, 2, 3, 13, 17), torch.float64, seed=3)
+    upstream = torch.ones(1, dtype=torch.float64)
+    expected = grads(pose_heatmap_loss_reference, logits, keypoints, visible, upstream,
+                     sigma=sigma)
+    got = grads(pose_heatmap_loss, logits, keypoints, visible, upstream, sigma=sigma,
+                backend=backend)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_all_invisible_gives_zero_loss_and_gradient(backend):
+    logits, keypoints, _ = make_inputs((2, 2, 3, 7, 9), torch.float64)
+    visible = torch.zeros(2, 2, 3, dtype=torch.bool)
+    visible[1, 0, 2] = True  # sample 1 keeps one map, sample 0 has none
+    out, grad_logits, grad_keypoints = grads(pose_heatmap_loss, logits, keypoints, visible,
+                                             torch.ones(2, dtype=torch.float64),
+                                             backend=backend)
+    assert out[0] == 0 and out[1] > 0
+    assert grad_logits[0].abs().sum() == 0 and grad_keypoints[0].abs().sum() == 0
+    mask = torch.zeros_like(grad_logits[1], dtype=torch.bool)
+    mask[0, 2] = True
+    assert grad_logits[1][~mask].abs().sum() == 0 and grad_logits[1][mask].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_empty_batch(backend):
+    logits = torch.zeros(0, 6, 23, 8, 8, requires_grad=True)
+    keypoints = torch.zeros(0, 6, 23, 2)
+    out = pose_heatmap_loss(logits, keypoints, backend=backend)
+    assert out.shape == () and out.item() == 0
+    out.backward()
+    assert logits.grad.shape == logits.shape
+    assert pose_heatmap_loss(logits, keypoints, reduction="none", backend=backend).shape == (0,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    """Half inputs: error against float64 at most ~2x that of the torch reference in fp32."""
+    logits, keypoints, visible = make_inputs((2, 2, 3, 19, 23), dtype, seed=5)
+    upstream = torch.randn(2, dtype=torch.float32)
+    exact = grads(pose_heatmap_loss_reference, logits.double(), keypoints.double(), visible,
+                  upstream.double())
+    ref = grads(pose_heatmap_loss_reference, logits, keypoints, visible, upstream)
+    got = grads(pose_heatmap_loss, logits, keypoints, visible, upstream, backend=backend)
+    assert got[0].dtype == torch.float32 and got[1].dtype == dtype
+    for name, e, r, g in zip(("loss", "grad_logits", "grad_keypoints"), exact, ref, got,
+                            strict=True):
+        ref_err = (r.double() - e).abs().max().item()
+        got_err = (g.double() - e).abs().max().item()
+        assert got_err <= 2 * ref_err + 1e-6 * e.abs().max().item(), (name, got_err, ref_err)
+
+
+def test_gradcheck_reference():
+    logits, keypoints, visible = make_inputs((2, 2, 2, 5, 6), torch.float64, seed=7)
+    for loss in ("bce", "mse"):
+        assert torch.autograd.gradcheck(
+            lambda z, k, loss=loss: pose_heatmap_loss_reference(z, k, visible, sigma=1.5,
+                                                                loss=loss, reduction="none"),
+            (logits.requires_grad_(), keypoints.requires_grad_()))
+
+
+def test_gradcheck_cpu_kernel():
+    logits, keypoints, visible = make_inputs((2, 2, 2, 5, 6), torch.float64, seed=8)
+    assert torch.autograd.gradcheck(
+        lambda z, k: pose_heatmap_loss(z, k, visible, sigma=1.5, reduction="none",
+                                       backend="cpu"),
+        (logits.requires_grad_(), keypoints.requires_grad_()))
+
+
+def test_keypoints_without_grad_get_none():
+    logits, keypoints, visible = make_inputs((1, 2, 2, 6, 6), torch.float32)
+    logits.requires_grad_()
+    pose_heatmap_loss(logits, keypoints, visible, backend="cpu").backward()
+    assert logits.grad is not None and keypoints.grad is None
+
+
+def test_torch_compile_traces_the_op():
+    logits, keypoints, visible = make_inputs((2, 3, 4, 12, 10), torch.float32)
+
+    def step(z, k):
+        return pose_heatmap_loss(z, k, visible, backend="cpu") * 2.0
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    z1 = logits.clone().requires_grad_()
+    z2 = logits.clone().requires_grad_()
+    torch.testing.assert_close(compiled(z1, keypoints), step(z2, keypoints))
+    compiled(z1, keypoints).backward()
+    step(z2, keypoints).backward()
+    torch.testing.assert_close(z1.grad, z2.grad)
+
+
+def test_opcheck():
+    logits, keypoints, _ = make_inputs((1, 2, 2, 6, 7), torch.float32)
+    weight = torch.full((4,), 1 / 42)
+    args = (logits.reshape(4, 6, 7).requires_grad_(), keypoints.reshape(4, 2), weight, 2.0,
+            "bce", "cpu")
+    torch.library.opcheck(torch.ops.drpose.pose_heatmap_map_loss.default, args)
+
+
+def test_render_heatmaps_formula():
+    keypoints = torch.tensor([[[3.0, 2.0], [4.5, -1.0]]], dtype=torch.float64)
+    visible = torch.tensor([[True, False]])
+    maps = render_heatmaps(keypoints, visible, size=(5, 7), sigma=1.5)
+    assert maps.shape == (1, 2, 5, 7)
+    assert maps[0, 0, 2, 3] == 1.0  # peak at (x=3, y=2): row y, column x
+    expected = math.exp(-((6 - 3) ** 2 + (4 - 2) ** 2) / (2 * 1.5**2))
+    assert maps[0, 0, 4, 6].item() == pytest.approx(expected, rel=1e-14)
+    assert maps[0, 1].abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(logits=torch.zeros(1, 2, 3, 4, 4, dtype=torch.int64)), TypeError, "floating"),
+        (dict(logits=torch.zeros(1, 2, 3, 4)), ValueError, "5 dimensions"),
+        (dict(keypoints=torch.zeros(1, 2, 4, 2)), ValueError, r"\(B, V, J, 2\)"),
+        (dict(visible=torch.ones(1, 2, 3)), TypeError, "bool"),
+        (dict(visible=torch.ones(1, 3, 3, dtype=torch.bool)), ValueError, r"\(B, V, J\)"),
+        (dict(sigma=0.0), ValueError, "sigma"),
+        (dict(sigma=-1.0), ValueError, "sigma"),
+        (dict(loss="l1"), ValueError, "loss"),
+        (dict(reduction="max"), ValueError, "reduction"),
+        (dict(backend="cuda"), ValueError, "backend"),
+        (dict(keypoints=torch.zeros(1, 2, 3, 2, device="meta")), ValueError, "one device"),
+        (dict(logits=[[0.0]]), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input_errors_name_the_argument(kwargs, error, match):
+    args = dict(logits=torch.zeros(1, 2, 3, 4, 4), keypoints=torch.zeros(1, 2, 3, 2),
+                visible=None, sigma=2.0, loss="bce", reduction="mean", backend="auto")
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        pose_heatmap_loss(args.pop("logits"), args.pop("keypoints"), args.pop("visible"), **args)
+
+
+def test_auto_backend_picks_cpu_kernel():
+    assert resolve_backend("op", "auto", torch.device("cpu")) == "cpu"
+
+
+def test_missing_extension_falls_back_with_one_warning(monkeypatch):
+    real_import = importlib.import_module
+
+    def no_extension(name, *args):
+        if name == "drpose._C":
+            raise ImportError("simulated: not built")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(_extension.importlib, "import_module", no_extension)
+    _extension.load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="pip install -e"):
+            assert resolve_backend("op", "auto", torch.device("cpu")) == "torch"
+        logits, keypoints, visible = make_inputs((1, 2, 2, 6, 6), torch.float32)
+        out = pose_heatmap_loss(logits, keypoints, visible)  # no second warning, torch result
+        torch.testing.assert_close(out, pose_heatmap_loss_reference(logits, keypoints, visible))
+        with pytest.raises(RuntimeError, match="no-build-isolation"):
+            pose_heatmap_loss(logits, keypoints, visible, backend="cpu")
+    finally:
+        _extension.load.cache_clear()
