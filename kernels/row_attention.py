@@ -278,9 +278,10 @@ def _blocks(seq: int, head_dim: int, block_m: int | None, block_n: int | None):
     return block_m, block_n, block_d, num_warps
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """Full fp32 products for fp32 inputs (as torch's default matmul); tensor cores otherwise."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _dot_precision(dtype: torch.dtype) -> str | None:
+    """Full fp32 products for fp32 inputs (as torch's default matmul); the target's default for
+    16-bit inputs (it only matters for fp32)."""
+    return "ieee" if dtype == torch.float32 else None
 
 
 def _shape(q: torch.Tensor, views: int, height: int) -> tuple[int, int, int, int]:

@@ -164,6 +164,22 @@ def test_half_inputs_cpu_path(dtype):
     _check_against_float64(ODD, dtype, "cpu")
 
 
+def test_float16_triton():
+    """16-bit operands in tl.dot, fp32 accumulation (bfloat16 dots are wrong in the interpreter)."""
+    _check_against_float64(ODD, torch.float16, "triton")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+@pytest.mark.parametrize("qkv_shape", [(0, 2, 35, 16), (6, 2, 0, 16), (6, 0, 35, 16)],
+                         ids=["no-samples", "no-tokens", "no-heads"])
+def test_empty_inputs(backend, qkv_shape):
+    q = torch.randn(qkv_shape, requires_grad=True)
+    out = row_attention(q, q, q, views=6, height=5, backend=backend)
+    out.sum().backward()
+    assert out.shape == qkv_shape
+    assert q.grad.shape == qkv_shape
+
+
 @pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)])
 def test_triton_many_blocks(blocks):
     """Several query and key blocks per sequence, the last ones partly masked."""
@@ -267,6 +283,8 @@ def test_layout_checks():
         row_attention(q, k, v, views=4, height=ODD.height)
     with pytest.raises(ValueError, match="divisible by height = 4"):
         row_attention(q, k, v, views=ODD.views, height=4)
+    with pytest.raises(ValueError, match="head dim D"):
+        row_attention(q[..., :0], k[..., :0], v[..., :0], views=ODD.views, height=ODD.height)
     with pytest.raises(ValueError, match="backend must be one of"):
         row_attention(q, k, v, views=ODD.views, height=ODD.height, backend="cuda")
 

@@ -103,7 +103,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, *, views: int, height: int) ->
     for name, value in (("views", views), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{OP}(): {name} must be a positive int, got {value!r}")
-    rows, _, tokens, _ = q.shape
+    rows, _, tokens, head_dim = q.shape
+    if head_dim < 1:
+        raise ValueError(f"{OP}(): head dim D = q.shape[3] must be >= 1, got shape "
+                         f"{tuple(q.shape)}")
     if rows % views:
         raise ValueError(f"{OP}(): q.shape[0] = B*V = {rows} must be divisible by views = {views}")
     if tokens % height:
@@ -131,6 +134,8 @@ def _row_attention_op(
     """Returns ``out (B*V, heads, H*W, D)`` and ``lse (B*V, heads, H*W)``, the per-query
     logsumexp of the scaled scores that the backward reuses: natural log for ``backend="cpu"``
     (float32; float64 for float64 inputs), base 2 (``lse / ln 2``, float32) for "triton"."""
+    if q.numel() == 0:  # no launch (the CPU flash kernel crashes on empty sequences)
+        return _empty_outputs(q)
     if backend == "triton":
         from drpose_kernels.row_attention import row_attention_forward
 
@@ -140,11 +145,14 @@ def _row_attention_op(
     return views_from_rows(out, views, height), views_from_rows(lse, views, height)
 
 
+def _empty_outputs(q: Tensor) -> tuple[Tensor, Tensor]:
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+
+
 @_row_attention_op.register_fake
 def _(q, k, v, views, height, scale, backend):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
-        q.shape[:3], dtype=_lse_dtype(q)
-    )
+    return _empty_outputs(q)
 
 
 @torch.library.custom_op("drpose::row_attention_backward", mutates_args=())
@@ -161,6 +169,8 @@ def _row_attention_backward_op(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(dq, dk, dv)`` of ``drpose::row_attention``, each shaped like ``q``."""
+    if q.numel() == 0:
+        return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     if backend == "triton":
         from drpose_kernels.row_attention import row_attention_backward
 
