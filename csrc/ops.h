@@ -20,4 +20,9 @@ std::tuple<at::Tensor, at::Tensor> pose_heatmap_loss_backward_cpu(
     const at::Tensor& coeff,  // (M,) upstream gradient times weight
     double sigma, int64_t loss, bool keypoints_grad);
 
+// rasterize: nvdiffrast's rasterize contract on the CPU; see csrc/rasterize_cpu.cpp and
+// drpose/ops/rasterize.py. pos (N, V, 4) clip space, tri (T, 3) int32 -> rast (N, H, W, 4).
+at::Tensor rasterize_forward_cpu(const at::Tensor& pos, const at::Tensor& tri, int64_t height,
+                                 int64_t width);
+
 }  // namespace drpose

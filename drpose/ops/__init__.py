@@ -9,11 +9,14 @@ from drpose.ops.pose_heatmap_loss import (
     pose_heatmap_loss_reference,
     render_heatmaps,
 )
+from drpose.ops.rasterize import interpolate, rasterize
 from drpose.ops.row_attention import row_attention, row_attention_reference
 
 __all__ = [
+    "interpolate",
     "pose_heatmap_loss",
     "pose_heatmap_loss_reference",
+    "rasterize",
     "render_heatmaps",
     "row_attention",
     "row_attention_reference",
