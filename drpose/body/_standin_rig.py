@@ -161,7 +161,7 @@ def vertex_joint_targets(joints: np.ndarray) -> dict[str, tuple[np.ndarray, np.n
     """For each smplx vertex joint: a ray (origin, direction) whose first hit is its place."""
     down_z = np.array([0.0, 0.0, -1.0])
     rays = {
-        "nose": (np.array([0.0, 0.268, 1.0]), down_z),
+        "nose": (np.array([0.0, 0.279, 1.0]), down_z),
         "leye": (np.array([0.032, 0.318, 1.0]), down_z),
         "lear": (np.array([1.0, 0.305, 0.012]), np.array([-1.0, 0.0, 0.0])),
         "LBigToe": (np.array([0.094, -1.285, 1.0]), down_z),
@@ -198,8 +198,8 @@ _LIPS_IN = [(-0.019, 0.0), (-0.007, 0.003), (0.0, 0.003), (0.007, 0.003), (0.019
 FACE_LANDMARKS_XY = np.array(
     _BROW
     + [(-x, y) for x, y in reversed(_BROW)]
-    + [(0.0, 0.318), (0.0, 0.303), (0.0, 0.288), (0.0, 0.272)]
-    + [(-0.016, 0.262), (-0.008, 0.259), (0.0, 0.258), (0.008, 0.259), (0.016, 0.262)]
+    + [(0.0, 0.318), (0.0, 0.305), (0.0, 0.292), (0.0, 0.280)]
+    + [(-0.014, 0.272), (-0.007, 0.269), (0.0, 0.268), (0.007, 0.269), (0.014, 0.272)]
     + _EYE_R
     + _EYE_L
     + [(x, _MOUTH_Y + y) for x, y in _LIPS_OUT + _LIPS_IN]
