@@ -1,0 +1,126 @@
+"""Shared measurement for the benchmark suite: time (pytest-benchmark), peak tensor memory, and a
+closing table of ratios against each group's torch baseline.
+
+Peak memory is measured the same way on every device: on CUDA with the allocator's peak counter;
+on CPU, where torch keeps no such counter, by a dispatch mode that watches every tensor storage
+created while the measured function runs and adds up those still alive after each op. That counts
+all tensors the function allocates (its outputs and temporaries, autograd included), not the
+allocator's caching or a compiled kernel's private scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class _LiveStorages(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        # views and in-place results share an input's storage: not a new allocation
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:
+                storage = t.untyped_storage()
+                self.live.setdefault(_storage_key(t), (StorageWeakRef(storage),
+                                                       storage.nbytes()))
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of tensors allocated (and alive at once) while ``fn()`` runs."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    mode = _LiveStorages()
+    with mode:
+        fn()
+    return mode.peak
+
+
+@dataclass
+class Result:
+    seconds: float
+    peak_bytes: int | None
+    baseline: bool
+    bytes_moved: int | None
+
+
+RESULTS: dict[str, dict[str, Result]] = {}
+
+
+@pytest.fixture
+def measure(benchmark):
+    """measure(fn, group=, label=, baseline=False, bytes_moved=None): time and peak memory."""
+
+    def run(fn, *, group: str, label: str, baseline: bool = False,
+            bytes_moved: int | None = None, rounds: int = 5, memory: bool = True) -> None:
+        """``memory=False`` for compiled functions on CPU: the dispatch mode would not see
+        inside a compiled graph, so no number is reported rather than a wrong one."""
+        fn()  # warm-up (and torch.compile's compilation), outside the timing
+        peak = peak_memory_bytes(fn) if memory or torch.cuda.is_available() else None
+        benchmark.group = group
+        benchmark.extra_info.update(label=label, peak_bytes=peak, baseline=baseline)
+        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+        RESULTS.setdefault(group, {})[label] = Result(benchmark.stats.stats.median, peak,
+                                                     baseline, bytes_moved)
+
+    return run
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+            f"{device}, torch {torch.__version__}")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"drpose benchmark ratios (machine: {machine()})")
+    write("speed-up = baseline time / time; memory = peak tensor bytes allocated by the call")
+    for group, rows in RESULTS.items():
+        base = next((r for r in rows.values() if r.baseline), None)
+        write(f"\n[{group}]")
+        write(f"  {'label':<28}{'median ms':>11}{'peak MB':>10}{'speed-up':>10}"
+              f"{'mem ratio':>11}{'GB/s':>8}")
+        for label, r in rows.items():
+            speed = f"{base.seconds / r.seconds:.2f}x" if base else "-"
+            known = r.peak_bytes is not None and base and base.peak_bytes
+            mem = f"{r.peak_bytes / base.peak_bytes:.3f}" if known else "-"
+            peak = f"{r.peak_bytes / 1e6:.2f}" if r.peak_bytes is not None else "n/a"
+            rate = f"{r.bytes_moved / r.seconds / 1e9:.2f}" if r.bytes_moved else "-"
+            write(f"  {label:<28}{r.seconds * 1e3:>11.2f}{peak:>10}"
+                  f"{speed:>10}{mem:>11}{rate:>8}")
