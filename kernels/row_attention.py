@@ -23,6 +23,7 @@ head dim D up to 256, padded to a power of two with masks. Imports only torch an
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -284,6 +285,11 @@ def _dot_precision(dtype: torch.dtype) -> str | None:
     return "ieee" if dtype == torch.float32 else None
 
 
+def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``t``'s."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _shape(q: torch.Tensor, views: int, height: int) -> tuple[int, int, int, int]:
     rows, heads, tokens, head_dim = q.shape
     return rows // views, heads, tokens // height, head_dim
@@ -317,14 +323,15 @@ def row_attention_forward(
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse2 = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     grid = (batch * height * heads * triton.cdiv(seq, block_m),)
-    _row_attention_fwd_kernel[grid](
-        q, k, v, out, lse2,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse2.stride(),
-        float(scale) * LOG2E,
-        heads, height, views, width, head_dim,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps,
-    )
+    with _on_device(q):
+        _row_attention_fwd_kernel[grid](
+            q, k, v, out, lse2,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse2.stride(),
+            float(scale) * LOG2E,
+            heads, height, views, width, head_dim,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps,
+        )
     return out, lse2
 
 
@@ -357,30 +364,29 @@ def row_attention_backward(
     seq = views * width
     block_m, block_n, block_d, num_warps = _blocks(seq, head_dim, block_m, block_n)
     delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    tokens = q.shape[2]
-    _row_attention_bwd_delta_kernel[(q.shape[0] * heads * triton.cdiv(tokens, block_m),)](
-        out, grad_out, delta,
-        *out.stride(), *grad_out.stride(), *delta.stride(),
-        heads, tokens, head_dim,
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
-    )
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
-    common = dict(
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps,
-    )
+    tokens = q.shape[2]
     scales = (float(scale), float(scale) * LOG2E)
     dims = (heads, height, views, width, head_dim)
-    _row_attention_bwd_dkdv_kernel[(batch * height * heads * triton.cdiv(seq, block_n),)](
-        q, k, v, grad_out, lse2, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse2.stride(),
-        *dk.stride(), *dv.stride(),
-        *scales, *dims, **common,
-    )
-    _row_attention_bwd_dq_kernel[(batch * height * heads * triton.cdiv(seq, block_m),)](
-        q, k, v, grad_out, lse2, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse2.stride(),
-        *dq.stride(),
-        *scales, *dims, **common,
-    )
+    blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+                  DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps)
+    with _on_device(q):
+        _row_attention_bwd_delta_kernel[(q.shape[0] * heads * triton.cdiv(tokens, block_m),)](
+            out, grad_out, delta,
+            *out.stride(), *grad_out.stride(), *delta.stride(),
+            heads, tokens, head_dim,
+            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
+        )
+        _row_attention_bwd_dkdv_kernel[(batch * height * heads * triton.cdiv(seq, block_n),)](
+            q, k, v, grad_out, lse2, delta, dk, dv,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse2.stride(),
+            *dk.stride(), *dv.stride(),
+            *scales, *dims, **blocks,
+        )
+        _row_attention_bwd_dq_kernel[(batch * height * heads * triton.cdiv(seq, block_m),)](
+            q, k, v, grad_out, lse2, delta, dq,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse2.stride(),
+            *dq.stride(),
+            *scales, *dims, **blocks,
+        )
     return dq, dk, dv
