@@ -67,6 +67,15 @@ def test_unmodified_smplx_loads_the_standin(standin_dir):
     assert model.J_regressor.shape == (55, 10475)
     assert model.parents.tolist() == list(SMPLX_PARENTS)
     assert torch.isfinite(out.vertices).all() and torch.isfinite(out.joints).all()
+    # The yaw-dependent jaw contour (dynamic landmarks) works too: 17 more points on the jaw.
+    contour = smplx.create(str(standin_dir), model_type="smplx", use_face_contour=True)
+    for yaw in (-0.6, 0.0, 0.6):
+        pose = _pose(neck=(0.0, yaw, 0.0))
+        joints = contour(body_pose=pose).joints[0].detach().numpy()
+        assert joints.shape == (144, 3)
+        jaw_line = joints[127:]
+        assert (jaw_line[:, 1] < joints[NAME["head"], 1] + 0.05).all()
+        assert (jaw_line[:, 1] > joints[NAME["neck"], 1]).all()
 
 
 def test_model_file_fields(npz):
@@ -172,6 +181,8 @@ def test_coco_keypoints_sit_where_coco_puts_them(body):
     for side in ("left", "right"):
         assert vj[f"{side}_big_toe"][2] > vj[f"{side}_heel"][2] + 0.2
         assert vj[f"{side}_heel"][1] < joints[NAME[f"{side}_ankle"], 1]
+        # Big toe on the inner side of the foot, small toe on the outer side.
+        assert abs(vj[f"{side}_big_toe"][0]) < abs(vj[f"{side}_small_toe"][0]) - 0.02
         tip = np.abs(vj[f"{side}_middle"][0])
         assert tip > np.abs(verts[:, 0]).max() - 0.01
 
