@@ -271,3 +271,14 @@ def test_joint_sets():
     assert JOINT_NAMES[:55] == list(SMPLX_JOINT_NAMES)
     assert JOINT_NAMES[55:76] == list(SMPLX_VERTEX_JOINT_NAMES)
     assert VERTEX_IDS["smplx"] == SMPLX_VERTEX_IDS
+
+
+def test_mean_hand_is_a_relaxed_curl_towards_the_palm(standin_dir, body):
+    relaxed = load_smplx(standin_dir, flat_hand_mean=False)
+    flat = posed_body(body, torch.zeros(1, 63)).joints[0]
+    curled = posed_body(relaxed, torch.zeros(1, 63)).joints[0]
+    tips = [55 + i for i, n in enumerate(SMPLX_VERTEX_JOINT_NAMES) if n.endswith("middle")]
+    for tip in tips:
+        drop = float(flat[tip, 1] - curled[tip, 1])  # palms face -y in the rest pose
+        assert 0.01 < drop < 0.06
+    np.testing.assert_allclose(curled[:23].numpy(), flat[:23].numpy(), atol=1e-6)
