@@ -282,3 +282,28 @@ def test_mean_hand_is_a_relaxed_curl_towards_the_palm(standin_dir, body):
         drop = float(flat[tip, 1] - curled[tip, 1])  # palms face -y in the rest pose
         assert 0.01 < drop < 0.06
     np.testing.assert_allclose(curled[:23].numpy(), flat[:23].numpy(), atol=1e-6)
+
+
+def test_edge_splits_keep_a_closed_genus0_surface():
+    from drpose.body._standin_mesh import _split_longest_edges, check_closed_genus0
+
+    sphere = trimesh.creation.icosphere(subdivisions=1)
+    verts, faces = _split_longest_edges(sphere.vertices, sphere.faces, 7)
+    assert verts.shape == (42 + 7, 3) and faces.shape == (80 + 14, 3)
+    check_closed_genus0(faces, len(verts))
+    split = trimesh.Trimesh(verts, faces, process=False)
+    assert split.is_winding_consistent and np.isclose(split.volume, sphere.volume)
+
+
+def test_meshing_hits_the_exact_face_count():
+    from drpose.body._standin_mesh import mesh_primitives
+    from drpose.body._standin_shape import Primitive
+
+    blob = (
+        Primitive(0, "ellipsoid", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.1, 0.06, 0.05), 0.02),
+        Primitive(1, "cone", (0.05, 0.0, 0.0), (0.2, 0.05, 0.0), (0.03, 0.02, 0.0), 0.02),
+    )
+    verts, faces = mesh_primitives(blob, num_faces=600, voxel=0.01)
+    assert verts.shape == (302, 3) and faces.shape == (600, 3)
+    mesh = trimesh.Trimesh(verts, faces, process=False)
+    assert mesh.is_watertight and mesh.volume > 0
