@@ -99,10 +99,8 @@ def _ray_cast(mesh: trimesh.Trimesh, clip: torch.Tensor, size, perspective: bool
     h, w = size
     py, px = torch.meshgrid((2 * torch.arange(h, dtype=torch.float64) + 1) / h - 1,
                             (2 * torch.arange(w, dtype=torch.float64) + 1) / w - 1, indexing="ij")
-    if perspective:  # the mesh in NDC (x/w, y/w, z/w) is a mesh seen orthographically
-        ndc = clip[:, :3] / clip[:, 3:]
-    else:
-        ndc = clip[:, :3]
+    # perspective: the mesh in NDC (x/w, y/w, z/w) is a mesh seen orthographically
+    ndc = clip[:, :3] / clip[:, 3:] if perspective else clip[:, :3]
     scene = trimesh.Trimesh(ndc.numpy(), mesh.faces, process=False)
     origins = torch.stack([px, py, torch.full_like(px, -3.0)], -1).reshape(-1, 3)
     dirs = torch.zeros_like(origins)

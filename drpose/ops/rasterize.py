@@ -140,7 +140,7 @@ def rasterize_reference(pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -
 def interpolate_reference(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
     """The specification of :func:`interpolate`: ``u a_0 + v a_1 + (1 - u - v) a_2`` per pixel."""
     _check_interpolate_inputs(attr, rast, tri)
-    n, height, width, _ = rast.shape
+    n = rast.shape[0]
     ids = rast[..., 3].detach().long() - 1  # (N, H, W)
     covered = (ids >= 0).to(attr.dtype)
     corners = tri.long()[ids.clamp(min=0)]  # (N, H, W, 3)
@@ -231,7 +231,7 @@ def _rasterize_backward(grad_rast: Tensor, pos: Tensor, tri: Tensor, rast: Tenso
     dL/dY_i = g_{i+1} X_{i+2} - g_{i-1} X_{i+1},  dL/dx_i = dL/dX_i, dL/dy_i = dL/dY_i,
     dL/dw_i = -px dL/dX_i - py dL/dY_i (u, v recomputed from pos, not read from rast).
     """
-    n, height, width, _ = rast.shape
+    height, width = rast.shape[1:3]
     grad_pos = torch.zeros_like(pos)
     ids = rast[..., 3].long() - 1
     g = grad_rast[..., :2]

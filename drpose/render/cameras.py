@@ -53,6 +53,8 @@ from typing import Literal
 
 import torch
 
+from drpose.ops import rasterize
+
 VIEW_NAMES: tuple[str, ...] = (
     "front", "front_right", "right", "back", "left", "front_left", "face")
 BODY_VIEWS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
@@ -233,7 +235,7 @@ def project_joints(
     visibility: Visibility = "frame",
     mesh: tuple[torch.Tensor, torch.Tensor] | None = None,
     mirror: bool = True,
-    depth_tolerance: float = 0.12,
+    depth_tolerance: float = 0.2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project 3D joints into the rig's views, in the heatmap convention.
 
@@ -247,8 +249,10 @@ def project_joints(
     and visible (B, V, J) bool: inside the frame (``-0.5 <= x < W - 0.5``, same for y), and for
     ``visibility="depth"`` also not hidden by the body: joints lie inside the body, so a joint is
     hidden when the nearest surface at its pixel is more than ``depth_tolerance`` metres in front
-    of it (a limb or the torso in between, not the joint's own flesh; 0.12 m is about the torso's
-    half depth). Differentiable w.r.t. ``joints``.
+    of it: a limb or the torso in between, not the joint's own flesh. A heuristic: 0.2 m is more
+    than a joint's depth under its own surface (torso joints: up to ~0.17 m) and less than a
+    far-side joint's depth behind the torso or a crossing limb (~0.25 m and more); a hand resting
+    on the belly can fall either way. Differentiable w.r.t. ``joints``.
     """
     if joints.dim() != 3 or joints.shape[-1] != 3:
         raise ValueError(f"joints: expected shape (B, J, 3), got {tuple(joints.shape)}")
@@ -288,8 +292,6 @@ def _hidden_by_body(joint_clip: torch.Tensor, keypoints: torch.Tensor, matrices:
                     tolerance: torch.Tensor) -> torch.Tensor:
     """(B, V, J) bool: the body's nearest surface at the joint's pixel is in front of the joint
     by more than ``tolerance`` (B,) normalised units."""
-    from drpose.ops import rasterize  # the op library sits above this module's rasteriser use
-
     vertices, faces = mesh
     b, v = joint_clip.shape[:2]
     h, w = size
