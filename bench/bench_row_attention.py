@@ -2,8 +2,9 @@
 
 Shapes: PSHuman's top UNet level (B=2 objects, V=6 body views, 96x96 latent, 5 heads of 64) and
 its 24x24 level (20 heads of 64). On CPU the fused Triton path cannot run natively, so CPU runs
-time the reference, rearrange + ``F.scaled_dot_product_attention`` and the op's ``cpu`` backend;
-CUDA runs add the Triton backend (float16 there, float32 on CPU).
+time the reference (eager and ``torch.compile``), rearrange + ``F.scaled_dot_product_attention``
+and the op's ``cpu`` backend; CUDA runs time the Triton backend in its place (float16 there,
+float32 on CPU).
 
 Peak memory is measured, not estimated: on CUDA ``torch.cuda.max_memory_allocated`` above the
 inputs, on CPU the kernel's resident-set high-water mark (``VmHWM``, reset through
@@ -71,17 +72,13 @@ def sdpa_rows(q, k, v, *, views: int, height: int):
     return views_from_rows(F.scaled_dot_product_attention(*rows), views, height)
 
 
+FUSED_BACKEND = "triton" if DEVICE.type == "cuda" else "cpu"
 IMPLEMENTATIONS: dict[str, Callable] = {
     "reference": row_attention_reference,
+    "reference-compiled": torch.compile(row_attention_reference, dynamic=False),
     "rearrange+sdpa": sdpa_rows,
-    "op-cpu": lambda *t, **kw: row_attention(*t, **kw, backend="cpu"),
+    f"op-{FUSED_BACKEND}": lambda *t, **kw: row_attention(*t, **kw, backend=FUSED_BACKEND),
 }
-if DEVICE.type == "cuda":
-    IMPLEMENTATIONS = {
-        "reference": row_attention_reference,
-        "rearrange+sdpa": sdpa_rows,
-        "op-triton": lambda *t, **kw: row_attention(*t, **kw, backend="triton"),
-    }
 
 
 def make_inputs(case: Case, requires_grad: bool) -> list[torch.Tensor]:
@@ -150,7 +147,7 @@ def bench_row_attention(benchmark, case: Case, name: str, backward: bool) -> Non
 
 def main(case_names: list[str]) -> None:
     print(f"device {DEVICE}, dtype {DTYPE}, torch threads {torch.get_num_threads()}")
-    print(f"{'case':12} {'pass':7} {'impl':15} {'median s':>9} {'min s':>8} {'peak MiB':>9} "
+    print(f"{'case':12} {'pass':7} {'impl':18} {'median s':>9} {'min s':>8} {'peak MiB':>9} "
           f"{'copies avoided MiB':>19}")
     for case in CASES:
         if case_names and case.name not in case_names:
@@ -166,7 +163,7 @@ def main(case_names: list[str]) -> None:
                     start = time.perf_counter()
                     run()
                     times.append(time.perf_counter() - start)
-                print(f"{case.name:12} {'fwd+bwd' if backward else 'fwd':7} {name:15} "
+                print(f"{case.name:12} {'fwd+bwd' if backward else 'fwd':7} {name:18} "
                       f"{statistics.median(times):9.3f} {min(times):8.3f} {peak / 2**20:9.1f} "
                       f"{case.avoided_copy_bytes(backward) / 2**20:19.1f}", flush=True)
                 del inputs, run
