@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,223 @@ def test_real_files_from_assimp_testmodels():
     assert np.all(positions[:, head, 1] > positions[:, hips, 1])
     assert 0.8 < np.median(positions[:, hips, 1]) < 1.1
     assert np.median(positions[:, ankle, 1]) < 0.15
+
+
+# --- importers -------------------------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from drpose.data.body_joints import BodyJoints  # noqa: E402
+from drpose.data.motion import (  # noqa: E402
+    MOTIONX_LAYOUT,
+    R_ZUP_TO_YUP,
+    PoseSequence,
+    concatenate,
+    default_pose_sequences,
+    load_amass,
+    load_motion,
+    load_motionx,
+    pelvis_rest_position,
+)
+
+
+@pytest.fixture(scope="module")
+def smplx_model():
+    from drpose.body import StandInModelWarning, load_smplx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StandInModelWarning)
+        return load_smplx()
+
+
+def test_motionx_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(7, 322)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", rows)
+    sequence = load_motion(tmp_path / "clip.npy")
+    assert len(sequence) == 7 and sequence.fps == 30.0
+    for name, (start, stop) in MOTIONX_LAYOUT.items():
+        if name != "face_shape":
+            np.testing.assert_array_equal(getattr(sequence, name), rows[:, start:stop])
+    with pytest.raises(ValueError, match=r"\(T, 322\)"):
+        np.save(tmp_path / "bad.npy", rows[:, :300])
+        load_motionx(tmp_path / "bad.npy")
+
+
+@pytest.mark.parametrize("width", [156, 165])
+def test_amass_z_up_becomes_the_same_body_y_up(tmp_path, smplx_model, width):
+    from drpose.body import posed_body
+
+    rng = np.random.default_rng(width)
+    frames = 5
+    poses = rng.normal(scale=0.4, size=(frames, width))
+    trans = rng.normal(size=(frames, 3))
+    betas = rng.normal(size=16)
+    np.savez(tmp_path / "amass.npz", poses=poses, trans=trans, betas=betas, mocap_framerate=120.0)
+    sequence = load_amass(tmp_path / "amass.npz")
+    assert sequence.fps == 120.0
+    np.testing.assert_allclose(sequence.body_pose, poses[:, 3:66], atol=1e-6)
+    # Independent check: pose both with smplx; the loaded body is the z-up body rotated.
+    shape = torch.from_numpy(sequence.betas)
+    z_up = posed_body(
+        smplx_model, torch.tensor(poses[:, 3:66], dtype=torch.float32),
+        torch.tensor(poses[:, :3], dtype=torch.float32), betas=shape,
+        transl=torch.tensor(trans, dtype=torch.float32),
+    ).joints[:, :22].numpy()  # fmt: skip
+    y_up = posed_body(
+        smplx_model, torch.from_numpy(sequence.body_pose),
+        torch.from_numpy(sequence.global_orient), betas=shape,
+        transl=torch.from_numpy(sequence.transl),
+    ).joints[:, :22].numpy()  # fmt: skip
+    np.testing.assert_allclose(y_up, z_up @ R_ZUP_TO_YUP.T, atol=2e-5)
+    if width == 165:
+        np.testing.assert_allclose(sequence.betas[0], betas[:10], atol=1e-6)
+    else:
+        assert not sequence.betas.any()  # SMPL-H betas do not transfer
+
+
+def test_pelvis_rest_position_matches_the_model(smplx_model):
+    from drpose.body import posed_body
+
+    betas = np.random.default_rng(1).normal(size=(3, 10)).astype(np.float32)
+    rest = posed_body(smplx_model, torch.zeros(3, 63), betas=torch.from_numpy(betas))
+    joints = rest.joints[:, 0].numpy()
+    np.testing.assert_allclose(pelvis_rest_position(betas), joints, atol=1e-5)
+
+
+def test_pose_sequence_round_trip_take_concatenate(tmp_path):
+    (clip, *_) = default_pose_sequences()
+    assert len(clip) == 300 and clip.fps == pytest.approx(30.0, rel=1e-3)
+    part = clip.take(slice(10, 20))
+    np.testing.assert_array_equal(part.frame_ids, clip.frame_ids[10:20])
+    part.save(tmp_path / "part.npz")
+    loaded = PoseSequence.load(tmp_path / "part.npz")
+    for name in ("global_orient", "body_pose", "transl", "betas", "frame_ids"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(part, name))
+    merged, clip_ids = concatenate([part, clip.take(slice(0, 5))])
+    assert len(merged) == 15 and clip_ids.tolist() == [0] * 10 + [1] * 5
+    with pytest.raises(ValueError, match=r"body_pose must have shape \(3, 63\)"):
+        PoseSequence(np.zeros((3, 3)), np.zeros((3, 60)), np.zeros((3, 3)), np.zeros(10), 30, "x")
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+from drpose.data.bvh_fit import FitConfig, fit_bvh, fit_joints  # noqa: E402
+
+
+def test_body_joints_equal_smplx_forward(smplx_model):
+    from drpose.body import posed_body
+
+    generator = torch.Generator().manual_seed(0)
+    orient, pose = torch.randn(3, 3, generator=generator), torch.randn(3, 63, generator=generator)
+    transl = torch.randn(3, 3, generator=generator)
+    expected = posed_body(smplx_model, pose * 0.3, orient, transl=transl).joints[:, :22]
+    actual = BodyJoints(smplx_model)(orient, pose * 0.3, transl)
+    torch.testing.assert_close(actual, expected, atol=2e-6, rtol=0)
+
+
+def known_poses(frames: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smooth, plausible SMPL-X poses: random amplitudes on a slow sine, moderate size."""
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.linspace(0, 1, frames)[:, None]
+    amplitude = torch.randn(1, 63, generator=generator) * 0.35
+    body_pose = amplitude * torch.sin(3 * phase + torch.rand(1, 63, generator=generator))
+    orient = torch.tensor([[0.2, 1.0, -0.1]]) * torch.cos(phase)
+    transl = torch.cat([phase, 0.1 * phase, -phase], dim=1)
+    return orient, body_pose, transl
+
+
+def test_fit_recovers_known_joints(smplx_model):
+    body = BodyJoints(smplx_model)
+    orient, pose, transl = known_poses(16)
+    targets = body(orient, pose, transl)
+    fitted = fit_joints(body, targets, list(range(22)), torch.ones(22), config=FitConfig())
+    joints = body(fitted[0], fitted[1], fitted[2])
+    error_mm = (joints - targets).norm(dim=-1) * 1000
+    assert error_mm.mean() < 5.0 and error_mm.max() < 25.0
+
+
+def smplx_bvh(body: BodyJoints, orient, pose, transl, order: str = "ZYX") -> str:
+    """The SMPL-X body skeleton (joints 0-21, rest offsets) as a BVH in centimetres, with
+    channel angles from the given axis-angle poses."""
+    from drpose.body.joints import SMPLX_JOINT_NAMES, SMPLX_PARENTS
+
+    rest = body.rest_joints.numpy() * 100
+    rotations = torch.cat([orient, pose], dim=1).reshape(-1, 22, 3).numpy()
+    euler = Rotation.from_rotvec(rotations.reshape(-1, 3)).as_euler(order, degrees=True)
+    euler = euler.reshape(len(orient), 22, 3)
+    root = (transl.numpy() * 100) + rest[0]
+    channels = " ".join(f"{axis}rotation" for axis in order)
+    lines = ["HIERARCHY"]
+    file_order: list[int] = []  # channels are written depth-first, not in SMPL-X index order
+
+    def emit(joint: int, depth: int) -> None:
+        file_order.append(joint)
+        pad = "  " * depth
+        parent = SMPLX_PARENTS[joint]
+        offset = rest[joint] - (rest[parent] if parent >= 0 else rest[joint])
+        keyword = "ROOT" if parent < 0 else "JOINT"
+        count = 6 if parent < 0 else 3
+        position = "Xposition Yposition Zposition " if parent < 0 else ""
+        lines.extend([f"{pad}{keyword} {SMPLX_JOINT_NAMES[joint]}", pad + "{"])
+        lines.append(f"{pad}  OFFSET {offset[0]:.6f} {offset[1]:.6f} {offset[2]:.6f}")
+        lines.append(f"{pad}  CHANNELS {count} {position}{channels}")
+        for child in range(22):
+            if SMPLX_PARENTS[child] == joint:
+                emit(child, depth + 1)
+        lines.append(pad + "}")
+
+    emit(0, 0)
+    lines += ["MOTION", f"Frames: {len(orient)}", "Frame Time: 0.033333"]
+    for t in range(len(orient)):
+        values = [*root[t], *euler[t, file_order].reshape(-1)]
+        lines.append(" ".join(f"{v:.6f}" for v in values))
+    return "\n".join(lines) + "\n"
+
+
+def _dfs_rank() -> list[int]:
+    """SMPL-X joint index of each BVH joint of :func:`smplx_bvh` (depth-first order)."""
+    from drpose.body.joints import SMPLX_PARENTS
+
+    order: list[int] = []
+
+    def visit(joint: int) -> None:
+        order.append(joint)
+        for child in range(22):
+            if SMPLX_PARENTS[child] == joint:
+                visit(child)
+
+    visit(0)
+    return order
+
+
+def test_fit_bvh_end_to_end_recovers_a_known_smplx_motion(tmp_path, smplx_model):
+    from drpose.body.joints import SMPLX_JOINT_NAMES
+
+    body = BodyJoints(smplx_model)
+    orient, pose, transl = known_poses(24, seed=3)
+    path = write(tmp_path, smplx_bvh(body, orient, pose, transl))
+    joint_map = [(name, name, 1.0) for name in SMPLX_JOINT_NAMES[:22]]
+    truth = body(orient, pose, transl)
+    positions = forward_kinematics(parse_bvh(path), scale=0.01)
+    np.testing.assert_allclose(positions, truth.numpy()[:, _dfs_rank()], atol=1e-5)
+    sequence, report = fit_bvh(path, joint_map=joint_map, body=body)
+    assert report.unit == "cm" and report.scale == pytest.approx(1.0, abs=0.01)
+    assert report.errors_mm.shape == (24, 22) and report.mean_mm < 6.0
+    fitted = body(*(torch.from_numpy(a) for a in (sequence.global_orient, sequence.body_pose,
+                                                   sequence.transl)))  # fmt: skip
+    assert ((fitted - truth * report.scale).norm(dim=-1) * 1000).mean() < 6.0
+    np.testing.assert_allclose(report.errors_mm.mean(), report.mean_mm)
+
+
+@pytest.mark.skipif(not ASSIMP_BVH.is_dir(), reason="apt package assimp-testmodels is absent")
+@pytest.mark.parametrize(("clip", "skeleton"), [("01_01", "cmu"), ("Boxing_Toes", "biovision")])
+def test_fit_real_bvh_limbs_within_centimetres(clip, skeleton):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sequence, report = fit_bvh(ASSIMP_BVH / f"{clip}.bvh", frame_step=8, max_frames=48)
+    assert report.skeleton == skeleton and len(sequence) == 48
+    limbs = [v for k, v in report.per_joint_mm.items() if any(
+        part in k for part in ("knee", "ankle", "elbow", "wrist"))]  # fmt: skip
+    # Rigs place joints differently; limbs still land within a few centimetres.
+    assert np.mean(limbs) < 45.0 and report.mean_mm < 60.0
