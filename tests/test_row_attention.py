@@ -255,7 +255,7 @@ def test_torch_compile_fullgraph():
 def test_auto_on_cpu_is_the_cpu_path():
     q, k, v = random_qkv(ODD, torch.float32)
     opts = dict(views=ODD.views, height=ODD.height)
-    assert torch.equal(row_attention(*[q, k, v], **opts),
+    assert torch.equal(row_attention(q, k, v, **opts),
                        row_attention(q, k, v, **opts, backend="cpu"))
 
 
