@@ -1,0 +1,317 @@
+"""The training machinery every stage shares: config, accelerate, checkpoints, logging.
+
+A stage (VAE, multi-view pretraining, g_skel, reward fine-tuning) supplies a model, its trainable
+parameters and a ``step(batch_index) -> StepOutput`` that computes a loss; :class:`Trainer` does
+the rest:
+
+* ``accelerate`` for one or many processes (CPU/gloo or GPUs), mixed precision on GPUs, gradient
+  accumulation, gradient clipping;
+* a NaN/Inf guard: a step whose loss or gradients are not finite is skipped (no optimizer update)
+  and logged, and training goes on;
+* checkpoints written atomically (a temporary folder renamed into place, then the ``latest``
+  pointer replaced), holding the trainable weights (safetensors), the optimizer state, every RNG
+  state and the step, so ``resume=True`` continues exactly where the run stopped: data order and
+  random draws are functions of (seed, step), never of how the run was split;
+* JSON-lines and TensorBoard logs, and a tqdm progress bar with the stage's metrics and step time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+PROGRESS_KEYS = ("loss", "reward", "kl", "step_time_s")
+
+
+@dataclass
+class TrainConfig:
+    """Options every stage has (a stage's own config embeds one as ``train``)."""
+
+    name: str = "run"
+    runs_dir: str = "runs"
+    seed: int = 0
+    steps: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (GPUs)
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+@dataclass
+class StepOutput:
+    """What a stage's step returns: the loss to minimise and scalars to log."""
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The random source of one step: a function of (seed, step, rank) only, so a resumed run
+    draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed(hash((seed, step, rank)) % 2**63)
+
+
+class Trainer:
+    """Runs ``steps`` optimisation steps of a stage, with checkpoints and logs in ``run_dir``.
+
+    Args:
+        config: the shared options.
+        model: the module holding every trainable parameter (it is what accelerate wraps).
+        parameters: the parameters to optimise (``requires_grad`` ones of ``model`` if None).
+        optimizer: built from ``parameters`` with AdamW when None.
+        accelerator: an existing ``Accelerator`` (one is created when None).
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module,
+                 parameters: Iterable[nn.Parameter] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        self.accelerator = accelerator or Accelerator(
+            gradient_accumulation_steps=config.grad_accum,
+            mixed_precision=config.mixed_precision if torch.cuda.is_available() else "no",
+            cpu=not torch.cuda.is_available(),
+        )
+        params = [p for p in (parameters or model.parameters()) if p.requires_grad]
+        if not params:
+            raise ValueError("Trainer: nothing to train (no parameter requires grad)")
+        optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr,
+                                                   weight_decay=config.weight_decay)
+        # The model is not wrapped in DistributedDataParallel: stages call it several times per
+        # step (DDIM rollouts, a KL reference with adapters off), which DDP's reducer does not
+        # allow; gradients are averaged across processes in one flat all-reduce instead.
+        self.model = model
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.params = params
+        self.step = 0
+        self.run_dir = config.run_dir
+        self._log_file = None
+        self._tensorboard = None
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The trainable tensors by name (what a checkpoint stores)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(p)]: p.detach().cpu().contiguous() for p in self.params}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_NNNNNNN`` atomically and point ``latest`` at it."""
+        root = self.run_dir / CHECKPOINTS
+        final = root / f"step_{self.step:07d}"
+        if self.accelerator.is_main_process:
+            tmp = root / f".{final.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(self.trainable_state(), tmp / "trainable.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            save_file(_rng_state(), tmp / "rng.safetensors")
+            (tmp / "state.json").write_text(json.dumps(
+                {"step": self.step, "config": asdict(self.config)}, indent=1, default=str))
+            _fsync_tree(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _atomic_write_text(root / LATEST, final.name)
+            self._prune(root)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of ``run_dir`` if there is one; True when resumed."""
+        pointer = self.run_dir / CHECKPOINTS / LATEST
+        if not pointer.is_file():
+            return False
+        folder = pointer.parent / pointer.read_text().strip()
+        state = json.loads((folder / "state.json").read_text())
+        weights = load_file(folder / "trainable.safetensors")
+        by_name = dict(self.model.named_parameters())
+        missing = sorted(set(self.trainable_state()) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint {folder} lacks trainable tensors: {missing[:10]}")
+        with torch.no_grad():
+            for name, value in weights.items():
+                by_name[name].copy_(value)
+        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True,
+                                     map_location="cpu")
+        self.optimizer.load_state_dict(optimizer_state)
+        _set_rng_state(load_file(folder / "rng.safetensors"))
+        self.step = int(state["step"])
+        return True
+
+    def _prune(self, root: Path) -> None:
+        folders = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in folders[: max(0, len(folders) - self.config.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ---- logging ---------------------------------------------------------------------------
+
+    def log(self, metrics: dict[str, float]) -> None:
+        """Append one JSON line and TensorBoard scalars (main process only)."""
+        if not self.accelerator.is_main_process:
+            return
+        if self._log_file is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.run_dir / "log.jsonl", "a")  # noqa: SIM115
+            self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
+        record = {"step": self.step, "time": time.time(), **metrics}
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
+        if self._tensorboard is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, self.step)
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def fit(self, step_fn: Callable[[int], StepOutput], *,
+            on_checkpoint: Callable[[int], None] | None = None,
+            stop_after: int | None = None) -> dict[str, float]:
+        """Run optimisation steps until ``config.steps`` (or ``stop_after`` steps this call).
+
+        ``step_fn(step)`` computes one micro-batch's loss; it is called ``grad_accum`` times per
+        optimisation step with ``step * grad_accum + micro`` so its data and randomness are a
+        function of that index. Returns the last logged metrics.
+        """
+        config = self.config
+        accelerator = self.accelerator
+        self.model.train()
+        end = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
+        bar = tqdm(total=config.steps, initial=self.step, desc=config.name, dynamic_ncols=True,
+                   disable=not (config.progress and accelerator.is_main_process))
+        last: dict[str, float] = {}
+        skipped = 0
+        while self.step < end:
+            started = time.perf_counter()
+            sums: dict[str, float] = {}
+            finite = True
+            for micro in range(config.grad_accum):
+                with accelerator.accumulate(self.model), accelerator.autocast():
+                    out = step_fn(self.step * config.grad_accum + micro)
+                    finite &= bool(torch.isfinite(out.loss.detach()).all())
+                    accelerator.backward(out.loss)  # accelerate divides by grad_accum
+                    for key, value in {"loss": float(out.loss.detach()), **out.metrics}.items():
+                        sums[key] = sums.get(key, 0.0) + value / config.grad_accum
+            grad_norm = self._clip_and_check()
+            finite &= math.isfinite(grad_norm)
+            if finite:
+                self.optimizer.step()
+            else:
+                skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            last = {**sums, "grad_norm": grad_norm, "step_time_s": time.perf_counter() - started,
+                    "skipped_steps": skipped}
+            if not finite:
+                self.log({**last, "event": "skipped non-finite step"})
+            elif self.step % config.log_every == 0 or self.step == end:
+                self.log(last)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in PROGRESS_KEYS})
+            bar.update(1)
+            if self.step % config.checkpoint_every == 0 or self.step == end:
+                self.save_checkpoint()
+                if on_checkpoint is not None:
+                    on_checkpoint(self.step)
+        bar.close()
+        return last
+
+    def _clip_and_check(self) -> float:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return 0.0
+        if self.accelerator.num_processes > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            flat = self.accelerator.reduce(flat, reduction="mean")
+            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g))
+        if self.config.clip_grad_norm is not None:
+            norm = self.accelerator.clip_grad_norm_(self.params, self.config.clip_grad_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        return float(norm)
+
+
+def _rng_state() -> dict[str, Tensor]:
+    state = {"torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(np.frombuffer(
+                 json.dumps(_numpy_state()).encode(), dtype=np.uint8).copy()),
+             "python": torch.frombuffer(bytearray(json.dumps(random.getstate()).encode()),
+                                        dtype=torch.uint8)}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = s
+    return state
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_rng_state(state: dict[str, Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = json.loads(bytes(state["numpy"].tolist()).decode())
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = json.loads(bytes(state["python"].tolist()).decode())
+    random.setstate((version, tuple(internal), gauss))
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state[k] for k in sorted(state) if k.startswith("cuda")])
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _tensorboard_writer(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: JSON lines are always written
+        return None
+    return SummaryWriter(str(folder))
