@@ -32,9 +32,7 @@ def _both_sides(pairs: Sequence[tuple[str, str, float]]) -> list[tuple[str, str,
             out.append((bvh, smplx, weight))
             continue
         for side, short in (("Left", "L"), ("Right", "R")):
-            out.append(
-                (bvh.format(side=side, s=short), smplx.format(side=side.lower()), weight)
-            )
+            out.append((bvh.format(side=side, s=short), smplx.format(side=side.lower()), weight))
     return out
 
 
