@@ -1,0 +1,81 @@
+"""Command-line options from config dataclasses: every field is a flag, nested dataclasses get a
+dotted prefix (``--train.steps 100``), and ``--config FILE.json`` supplies values first."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add one ``--prefix.field`` option per field of dataclass ``cls`` (recursively)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(kind):
+            add_arguments(parser, kind, f"{name}.")
+            continue
+        base = _base_type(kind)
+        if base is bool:
+            parser.add_argument(f"--{name}", type=_parse_bool, metavar="true|false",
+                                default=argparse.SUPPRESS, help=f"(default: {_default(f)})")
+        else:
+            parser.add_argument(f"--{name}", type=base, default=argparse.SUPPRESS,
+                                help=f"(default: {_default(f)})")
+
+
+def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None = None) -> T:
+    """The dataclass from (defaults <- ``config_file`` JSON <- command-line flags)."""
+    values: dict[str, Any] = json.loads(Path(config_file).read_text()) if config_file else {}
+    for key, value in vars(args).items():
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(cls, values)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys are an error naming them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = from_dict(kind, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _base_type(kind: Any) -> type:
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return options[0]
+    return kind
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return "see config"
