@@ -433,3 +433,19 @@ def test_gradient_checkpointing_is_active_and_non_reentrant(tiny):
     assert ckpt_calls == 2 * blocks  # every block re-entered in backward: checkpointing ran
     assert plain.abs().sum() > 0
     torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_from_pshuman_reads_sharded_safetensors(tiny, tmp_path):
+    write_checkpoint(tmp_path, {}, "safetensors", "epsilon")
+    unet_dir = tmp_path / "unet"
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    names = list(tiny.state_dict())
+    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2 :]}
+    state_dict = tiny.state_dict()
+    for shard, keys in shards.items():
+        save_file({k: state_dict[k].contiguous() for k in keys}, unet_dir / shard)
+    index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (unet_dir / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    loaded = MultiViewUNet.from_pshuman(tmp_path)
+    for name, t in loaded.state_dict().items():
+        assert torch.equal(t, state_dict[name])

@@ -376,13 +376,17 @@ class MultiViewPipeline:
         generator: torch.Generator | None = None,
         decode: bool = True,
         decode_chunk_size: int = 2,
+        noise_level: int = 0,
         grid_path: str | Path | None = None,
     ) -> MultiViewOutput:
-        """Generate the views of B objects (PSHuman defaults: 40 DDIM steps, eta 1, guidance 3).
-
-        ``grid_path``: also write a PNG grid (rows: object x [normal, colour], columns: views).
+        """Generate the views of B objects (PSHuman defaults: 40 DDIM steps, eta 1, guidance 3,
+        image-embedding noise level 0); arguments as :meth:`encode_condition` and
+        :meth:`unet_step`. ``grid_path``: also write a PNG grid (rows: object x [normal, colour],
+        columns: views).
         """
-        cond = self.encode_condition(image, smplx_maps, generator=generator)
+        cond = self.encode_condition(
+            image, smplx_maps, noise_level=noise_level, generator=generator
+        )
         latents = self.prepare_latents(cond, generator)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for t in self.scheduler.timesteps:
@@ -421,30 +425,37 @@ class MultiViewPipeline:
         folder or the ``(2, V, S, D)`` tensor. The scheduler is DDIM with the folder's config.
         """
         root = Path(local_dir)
-        for sub in ("unet", "vae", "image_encoder", "feature_extractor", "scheduler"):
-            if not (root / sub).is_dir():
-                raise FileNotFoundError(f"MultiViewPipeline.from_pretrained: no {root / sub}")
+        subfolders = (
+            "unet",
+            "vae",
+            "image_encoder",
+            "feature_extractor",
+            "image_normalizer",
+            "image_noising_scheduler",
+            "scheduler",
+        )
+        missing = [str(root / sub) for sub in subfolders if not (root / sub).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"MultiViewPipeline.from_pretrained: missing {missing}")
         local = {"local_files_only": True}
         unet_config = json.loads((root / "unet" / "config.json").read_text())
         if unet_config.get("_class_name") == MultiViewUNet.__name__:
             unet = MultiViewUNet.from_pretrained(root, subfolder="unet", **local)
-            unet = unet.to(torch_dtype) if torch_dtype is not None else unet
         else:
             unet = MultiViewUNet.from_pshuman(root, torch_dtype=torch_dtype)
-        dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         if not isinstance(prompt_embeds, Tensor):
             prompt_embeds = load_prompt_embeds(Path(prompt_embeds or root / "prompt_embeds"))
         pipe = cls(
             unet=unet.eval(),
-            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **local, **dtype).eval(),
+            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **local).eval(),
             image_encoder=CLIPVisionModelWithProjection.from_pretrained(
-                root / "image_encoder", **local, **({"dtype": torch_dtype} if dtype else {})
+                root / "image_encoder", **local
             ).eval(),
             feature_extractor=CLIPImageProcessor.from_pretrained(
                 root / "feature_extractor", **local
             ),
             image_normalizer=StableUnCLIPImageNormalizer.from_pretrained(
-                root, subfolder="image_normalizer", **local, **dtype
+                root, subfolder="image_normalizer", **local
             ).eval(),
             image_noising_scheduler=DDPMScheduler.from_pretrained(
                 root, subfolder="image_noising_scheduler", **local
