@@ -94,16 +94,74 @@ def _split_longest_edges(verts: np.ndarray, faces: np.ndarray, count: int):
     return np.asarray(verts), np.asarray(faces)
 
 
+def _flip_edges(verts: np.ndarray, faces: np.ndarray, min_cos_dihedral: float = 0.95):
+    """One pass of Delaunay edge flips on a closed oriented mesh; returns the new faces.
+
+    Edge a-b between triangles (a, b, c) and (b, a, d) becomes c-d, giving (a, d, c) and
+    (d, b, c), when the angles at c and d sum to more than pi (the pair is not Delaunay), the two
+    triangles are nearly coplanar (the surface does not change), c-d is not an edge yet and a, b
+    keep at least 4 neighbours. Flipped pairs of one pass touch no common triangle.
+    """
+    faces = faces.copy()
+    n_faces = len(faces)
+    half = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # a -> b
+    opposite = np.concatenate([faces[:, 2], faces[:, 0], faces[:, 1]])
+    face_of = np.tile(np.arange(n_faces), 3)
+    n = len(verts)
+    key = half[:, 0] * n + half[:, 1]
+    twin_key = half[:, 1] * n + half[:, 0]
+    order = np.argsort(key)
+    twin = order[np.searchsorted(key[order], twin_key)]
+    first = np.flatnonzero(half[:, 0] < half[:, 1])  # one half-edge per edge
+    a, b = half[first, 0], half[first, 1]
+    c, d = opposite[first], opposite[twin[first]]
+    f1, f2 = face_of[first], face_of[twin[first]]
+
+    def angle(p, q, r):  # angle at p in triangle (p, q, r)
+        u, v = verts[q] - verts[p], verts[r] - verts[p]
+        cos = (u * v).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1),
+                                          1e-18)  # fmt: skip
+        return np.arccos(np.clip(cos, -1.0, 1.0))
+
+    def normal(p, q, r):
+        nrm = np.cross(verts[q] - verts[p], verts[r] - verts[p])
+        return nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-18)
+
+    excess = angle(c, a, b) + angle(d, b, a) - np.pi
+    flat = (normal(a, b, c) * normal(b, a, d)).sum(1) > min_cos_dihedral
+    keeps_side = (normal(a, d, c) * normal(d, b, c)).sum(1) > min_cos_dihedral
+    candidates = np.flatnonzero((excess > 1e-6) & flat & keeps_side)
+    candidates = candidates[np.argsort(-excess[candidates], kind="stable")]
+    edges = set(np.minimum(half[:, 0], half[:, 1]) * n + np.maximum(half[:, 0], half[:, 1]))
+    degree = np.bincount(half[:, 0], minlength=n)
+    touched = np.zeros(n_faces, dtype=bool)
+    for e in candidates:
+        ea, eb, ec, ed, g1, g2 = a[e], b[e], c[e], d[e], f1[e], f2[e]
+        new_key = min(ec, ed) * n + max(ec, ed)
+        if touched[g1] or touched[g2] or new_key in edges or min(degree[ea], degree[eb]) <= 3:
+            continue
+        faces[g1] = (ea, ed, ec)
+        faces[g2] = (ed, eb, ec)
+        touched[[g1, g2]] = True
+        edges.discard(min(ea, eb) * n + max(ea, eb))
+        edges.add(new_key)
+        degree[[ea, eb]] -= 1
+        degree[[ec, ed]] += 1
+    return faces
+
+
 def _relax(
     primitives: Sequence[Primitive], verts: np.ndarray, faces: np.ndarray, iterations: int
-) -> np.ndarray:
-    """Tangential Laplacian smoothing, each step followed by a projection onto the level set."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rounds of Delaunay edge flips and tangential Laplacian smoothing, each followed by a
+    projection onto the level set. Returns (verts, faces)."""
     n = len(verts)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    degree = np.bincount(edges[:, 0], minlength=n).astype(np.float64)
     eps = 1e-5
     offsets = np.eye(3) * eps
     for _ in range(iterations):
+        faces = _flip_edges(verts, faces)
+        edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        degree = np.bincount(edges[:, 0], minlength=n).astype(np.float64)
         centroid = np.zeros_like(verts)
         np.add.at(centroid, edges[:, 0], verts[edges[:, 1]])
         centroid /= degree[:, None]
@@ -115,7 +173,7 @@ def _relax(
             d = union_sdf(primitives, verts)
             grad = np.stack([(union_sdf(primitives, verts + o) - d) / eps for o in offsets], axis=1)
             verts = verts - (d / np.maximum((grad * grad).sum(1), 1e-6))[:, None] * grad
-    return verts
+    return verts, faces
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -131,7 +189,7 @@ def mesh_primitives(
     primitives: Sequence[Primitive],
     num_faces: int,
     voxel: float = 0.004,
-    relax_iterations: int = 3,
+    relax_iterations: int = 6,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Closed genus-0 mesh of the primitives' smooth union with exactly num_faces triangles.
 
@@ -139,7 +197,8 @@ def mesh_primitives(
         primitives: the solids, in union order.
         num_faces: wanted triangle count (even; the mesh then has num_faces / 2 + 2 vertices).
         voxel: marching-cubes grid step (m).
-        relax_iterations: tangential smoothing + projection rounds after decimation.
+        relax_iterations: rounds of edge flips, tangential smoothing and projection after
+            decimation.
 
     Returns:
         vertices (num_faces / 2 + 2, 3) float64 (m) and faces (num_faces, 3) int64, outward
@@ -158,7 +217,8 @@ def mesh_primitives(
         raise RuntimeError(f"decimation stopped at {len(faces)} faces (> {num_faces})")
     verts, faces = _split_longest_edges(verts, faces, (num_faces - len(faces)) // 2)
     check_closed_genus0(faces, len(verts))
-    verts = _relax(primitives, verts, faces, relax_iterations)
+    verts, faces = _relax(primitives, verts, faces, relax_iterations)
+    check_closed_genus0(faces, len(verts))
     tri = verts[faces]
     signed_volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6
     if signed_volume < 0:

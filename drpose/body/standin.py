@@ -91,8 +91,7 @@ SMPLX_VERTEX_IDS: dict[str, int] = {
 }  # fmt: skip
 
 
-def generator_version() -> str:
-    """A key that changes whenever the generated file could change (sources and mesh libraries)."""
+def _source_version() -> str:
     digest = hashlib.sha256()
     for module in (_standin_shape, _standin_mesh, _standin_rig):
         digest.update(Path(module.__file__).read_bytes())
@@ -100,6 +99,16 @@ def generator_version() -> str:
     for dist in ("PyMCubes", "fast_simplification", "numpy"):
         digest.update(f"{dist}={importlib.metadata.version(dist)};".encode())
     return digest.hexdigest()[:12]
+
+
+# Hashed once, when the generator's code is imported: a process that loaded older code and
+# reads the edited sources later must not file its output under the new key.
+_VERSION = _source_version()
+
+
+def generator_version() -> str:
+    """A key that changes whenever the generated file could change (sources and mesh libraries)."""
+    return _VERSION
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
