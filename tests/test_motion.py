@@ -14,6 +14,7 @@ from drpose.data.bvh import (
     BvhError,
     BvhWarning,
     detect_unit_scale,
+    format_bvh,
     forward_kinematics,
     parse_bvh,
 )
@@ -305,52 +306,14 @@ def smplx_bvh(body: BodyJoints, orient, pose, transl, order: str = "ZYX") -> str
     from drpose.body.joints import SMPLX_JOINT_NAMES, SMPLX_PARENTS
 
     rest = body.rest_joints.numpy() * 100
-    rotations = torch.cat([orient, pose], dim=1).reshape(-1, 22, 3).numpy()
-    euler = Rotation.from_rotvec(rotations.reshape(-1, 3)).as_euler(order, degrees=True)
-    euler = euler.reshape(len(orient), 22, 3)
-    root = (transl.numpy() * 100) + rest[0]
-    channels = " ".join(f"{axis}rotation" for axis in order)
-    lines = ["HIERARCHY"]
-    file_order: list[int] = []  # channels are written depth-first, not in SMPL-X index order
-
-    def emit(joint: int, depth: int) -> None:
-        file_order.append(joint)
-        pad = "  " * depth
-        parent = SMPLX_PARENTS[joint]
-        offset = rest[joint] - (rest[parent] if parent >= 0 else rest[joint])
-        keyword = "ROOT" if parent < 0 else "JOINT"
-        count = 6 if parent < 0 else 3
-        position = "Xposition Yposition Zposition " if parent < 0 else ""
-        lines.extend([f"{pad}{keyword} {SMPLX_JOINT_NAMES[joint]}", pad + "{"])
-        lines.append(f"{pad}  OFFSET {offset[0]:.6f} {offset[1]:.6f} {offset[2]:.6f}")
-        lines.append(f"{pad}  CHANNELS {count} {position}{channels}")
-        for child in range(22):
-            if SMPLX_PARENTS[child] == joint:
-                emit(child, depth + 1)
-        lines.append(pad + "}")
-
-    emit(0, 0)
-    lines += ["MOTION", f"Frames: {len(orient)}", "Frame Time: 0.033333"]
-    for t in range(len(orient)):
-        values = [*root[t], *euler[t, file_order].reshape(-1)]
-        lines.append(" ".join(f"{v:.6f}" for v in values))
-    return "\n".join(lines) + "\n"
-
-
-def _dfs_rank() -> list[int]:
-    """SMPL-X joint index of each BVH joint of :func:`smplx_bvh` (depth-first order)."""
-    from drpose.body.joints import SMPLX_PARENTS
-
-    order: list[int] = []
-
-    def visit(joint: int) -> None:
-        order.append(joint)
-        for child in range(22):
-            if SMPLX_PARENTS[child] == joint:
-                visit(child)
-
-    visit(0)
-    return order
+    parents = list(SMPLX_PARENTS[:22])
+    offsets = rest - rest[[max(p, 0) for p in parents]]
+    rotations = torch.cat([orient, pose], dim=1).reshape(-1, 3).numpy()
+    angles = Rotation.from_rotvec(rotations).as_euler(order, degrees=True)
+    return format_bvh(
+        list(SMPLX_JOINT_NAMES[:22]), parents, offsets, transl.numpy() * 100 + rest[0],
+        angles.reshape(len(orient), 22, 3), rotation_order=order,
+    )  # fmt: skip
 
 
 def test_fit_bvh_end_to_end_recovers_a_known_smplx_motion(tmp_path, smplx_model):
@@ -361,8 +324,11 @@ def test_fit_bvh_end_to_end_recovers_a_known_smplx_motion(tmp_path, smplx_model)
     path = write(tmp_path, smplx_bvh(body, orient, pose, transl))
     joint_map = [(name, name, 1.0) for name in SMPLX_JOINT_NAMES[:22]]
     truth = body(orient, pose, transl)
-    positions = forward_kinematics(parse_bvh(path), scale=0.01)
-    np.testing.assert_allclose(positions, truth.numpy()[:, _dfs_rank()], atol=1e-5)
+    bvh = parse_bvh(path)
+    positions = forward_kinematics(bvh, scale=0.01)[
+        :, [bvh.index(n) for n in SMPLX_JOINT_NAMES[:22]]
+    ]
+    np.testing.assert_allclose(positions, truth.numpy(), atol=1e-5)
     sequence, report = fit_bvh(path, joint_map=joint_map, body=body)
     assert report.unit == "cm" and report.scale == pytest.approx(1.0, abs=0.01)
     assert report.errors_mm.shape == (24, 22) and report.mean_mm < 6.0

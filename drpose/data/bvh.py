@@ -429,3 +429,61 @@ def detect_unit_scale(bvh: BvhMotion, *, human_height_m: float = 1.7) -> tuple[f
         UNIT_SCALES, key=lambda unit: abs(math.log(height * UNIT_SCALES[unit] / human_height_m))
     )
     return UNIT_SCALES[name], name
+
+
+def format_bvh(
+    names: list[str],
+    parents: list[int],
+    offsets: np.ndarray,
+    root_positions: np.ndarray,
+    angles: np.ndarray,
+    *,
+    rotation_order: str = "ZXY",
+    frame_time: float = 1 / 30,
+) -> str:
+    """BVH text for a skeleton (the inverse of :func:`parse_bvh` + :func:`local_transforms`).
+
+    Args:
+        names: J joint names; joint 0 is the root, every parent precedes its children.
+        parents: J parent indices (-1 for the root).
+        offsets: (J, 3) offsets from the parent (the root's is written as given).
+        root_positions: (T, 3) root position channels.
+        angles: (T, J, 3) Euler angles in degrees, per joint **in ``names`` order** (the writer
+            emits them in the file's depth-first order), ordered as ``rotation_order``.
+        rotation_order: e.g. "ZXY": channels ``Zrotation Xrotation Yrotation``.
+        frame_time: seconds per frame.
+
+    Joints without children get an ``End Site`` with a zero offset.
+    """
+    channels = " ".join(f"{axis}rotation" for axis in rotation_order)
+    children: dict[int, list[int]] = {j: [] for j in range(len(names))}
+    for joint, parent in enumerate(parents):
+        if parent >= 0:
+            children[parent].append(joint)
+    lines = ["HIERARCHY"]
+    file_order: list[int] = []
+
+    def emit(joint: int, depth: int) -> None:
+        file_order.append(joint)
+        pad = "  " * depth
+        x, y, z = offsets[joint]
+        if parents[joint] < 0:
+            lines.extend([f"ROOT {names[joint]}", "{", f"  OFFSET {x:.6f} {y:.6f} {z:.6f}"])
+            lines.append(f"  CHANNELS 6 Xposition Yposition Zposition {channels}")
+        else:
+            lines.extend([f"{pad}JOINT {names[joint]}", pad + "{"])
+            lines.append(f"{pad}  OFFSET {x:.6f} {y:.6f} {z:.6f}")
+            lines.append(f"{pad}  CHANNELS 3 {channels}")
+        for child in children[joint]:
+            emit(child, depth + 1)
+        if not children[joint]:
+            lines.extend([f"{pad}  End Site", f"{pad}  {{", f"{pad}    OFFSET 0 0 0", f"{pad}  }}"])
+        lines.append(pad + "}")
+
+    emit(0, 0)
+    lines += ["MOTION", f"Frames: {len(root_positions)}", f"Frame Time: {frame_time:.7f}"]
+    values = np.concatenate(
+        [root_positions, angles[:, file_order].reshape(len(angles), -1)], axis=1
+    )
+    lines.extend(" ".join(f"{v:.6f}" for v in row) for row in values)
+    return "\n".join(lines) + "\n"
