@@ -127,7 +127,7 @@ def test_save_pretrained_round_trip(tiny, tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["num_body_views"] == 6 and "center_input_sample" not in saved
     loaded = MultiViewUNet.from_pretrained(tmp_path).eval()
-    inputs = tiny_inputs()
+    inputs = tiny_inputs(side=8)
     torch.testing.assert_close(run(loaded, inputs), run(tiny, inputs), rtol=0, atol=0)
 
 
@@ -176,7 +176,7 @@ def test_from_pshuman_loads_weights_and_prediction_type(
     for name, t in loaded.state_dict().items():
         torch.testing.assert_close(t, state_dict[name], rtol=0, atol=0)
     loaded32 = MultiViewUNet.from_pshuman(tmp_path, torch_dtype=torch.float32)
-    inputs = tiny_inputs()
+    inputs = tiny_inputs(side=8)
     expected = run(tiny, inputs)
     tolerance = {"rtol": 0, "atol": 0} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
     torch.testing.assert_close(run(loaded32, inputs), expected, **tolerance)
@@ -360,7 +360,7 @@ def test_face_fusion_flag(tiny):
 
 
 def test_batch_layout_is_checked(tiny):
-    inputs = tiny_inputs()
+    inputs = tiny_inputs(side=8)
     inputs = {
         **inputs,
         "sample": inputs["sample"][:10],
@@ -377,7 +377,7 @@ def test_nan_raises_instead_of_exit(tiny):
     with torch.no_grad():
         broken.conv_out.bias[0] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN"):
-        run(broken, tiny_inputs())
+        run(broken, tiny_inputs(side=8))
 
 
 def test_latent_32_runs(tiny):

@@ -18,7 +18,8 @@ Conditioning (``../shared/reference/pshuman_scheduler_and_pipeline.json``, ``ima
 Denoising: DDIM (PSHuman: linear betas 0.00085-0.012 over 1000 steps, 40 steps, eta 1.0,
 guidance 3.0). The loop is exposed step by step for the reward-training loop::
 
-    cond = pipe.encode_condition(image)                       # once per image
+    with torch.no_grad():
+        cond = pipe.encode_condition(image)                   # once per image (VAE + CLIP)
     latents = pipe.prepare_latents(cond, generator)           # (2*B*V, 4, h, w), [normal | colour]
     pipe.scheduler.set_timesteps(steps)
     for t in pipe.scheduler.timesteps:
@@ -162,11 +163,7 @@ class MultiViewPipeline:
         self.image_noising_scheduler = image_noising_scheduler
         self.scheduler = scheduler
         # PSHuman's files hold 7 views (6 body + face); without a face view the first 6 are used.
-        self.prompt_embeds = (
-            prompt_embeds[:, :views]
-            if unet.config.face_view
-            else prompt_embeds[:, : unet.config.num_body_views]
-        )
+        self.prompt_embeds = prompt_embeds[:, :views]
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -262,9 +259,16 @@ class MultiViewPipeline:
                 SMPL-X condition map of each view (``drpose.render``); with V_body maps the face
                 view gets the face crop of view 0's map.
             noise_level: unCLIP noise-augmentation level of the image embedding (PSHuman: 0).
-            generator: for the embedding noise.
+            generator: for the embedding noise (a CPU generator).
+
+        Call it under ``torch.no_grad()`` when training: nothing here is trained.
         """
         image = as_image_tensor(image).to(self.device)
+        if image.shape[-1] % self.vae_scale_factor:
+            raise ValueError(
+                f"image side {image.shape[-1]} must be divisible by the VAE's downsampling factor "
+                f"{self.vae_scale_factor}"
+            )
         extra = self.unet.config.in_channels - 8
         if extra not in (0, 4):
             raise ValueError(
@@ -306,7 +310,7 @@ class MultiViewPipeline:
         self, cond: MultiViewCondition, generator: torch.Generator | None = None
     ) -> Tensor:
         """Initial noise ``(2*B*V, 4, h, w)``, rows [normal | colour] (independent noise)."""
-        shape = (2 * cond.rows, 4, *cond.image_latents.shape[-2:])
+        shape = (2 * cond.rows, self.unet.config.out_channels, *cond.image_latents.shape[-2:])
         noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
         return (noise * self.scheduler.init_noise_sigma).to(self.device, self.unet.dtype)
 
