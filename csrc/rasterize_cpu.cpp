@@ -18,9 +18,9 @@
 // an edge shared by two triangles are covered by both and resolved by that same test.
 // Degenerate (S == 0) and non-finite triangles are skipped.
 //
-// Parallelism: per image, triangles are set up in parallel, binned into bands of rows, and the
-// bands are rasterized in parallel; each pixel is owned by one band, so the result does not
-// depend on the number of threads.
+// Parallelism: all (image, triangle) pairs are set up in parallel, binned into bands of rows per
+// image, and all (image, band) pairs are rasterized in parallel; each pixel is owned by one band,
+// so the result does not depend on the number of threads.
 #include "ops.h"
 
 #include <algorithm>
@@ -47,10 +47,11 @@ struct TriangleSetup {
   int64_t row0, row1, col0, col1;  // inclusive pixel box; row0 > row1 when nothing to draw
 };
 
-// Pixel index range [lo, hi] whose centres (2i + 1) / n - 1 may fall in [a, b] (conservative).
+// Pixel index range [lo, hi] whose centres (2i + 1) / n - 1 may fall in [a, b]: exact up to a
+// 1e-9 pixel margin against rounding (coverage itself is decided by the edge functions).
 inline void pixel_range(double a, double b, int64_t n, int64_t& lo, int64_t& hi) {
-  const double fa = std::floor((a + 1.0) * 0.5 * n - 0.5) - 1.0;
-  const double fb = std::ceil((b + 1.0) * 0.5 * n - 0.5) + 1.0;
+  const double fa = std::ceil((a + 1.0) * 0.5 * n - 0.5 - 1e-9);
+  const double fb = std::floor((b + 1.0) * 0.5 * n - 0.5 + 1e-9);
   lo = static_cast<int64_t>(std::max(fa, 0.0));
   hi = static_cast<int64_t>(std::min(fb, static_cast<double>(n - 1)));
 }
@@ -103,41 +104,52 @@ TriangleSetup setup_triangle(const scalar_t* p0, const scalar_t* p1, const scala
 }
 
 template <typename scalar_t>
-void rasterize_image(const scalar_t* pos, const int32_t* tri, int64_t num_vertices,
-                     int64_t num_triangles, int64_t height, int64_t width, scalar_t* out) {
-  std::vector<TriangleSetup> setups(num_triangles);
+void rasterize_images(const scalar_t* pos, const int32_t* tri, int64_t batch,
+                      int64_t num_vertices, int64_t num_triangles, int64_t height, int64_t width,
+                      scalar_t* out) {
+  // 1. set up every (image, triangle)
+  std::vector<TriangleSetup> setups(batch * num_triangles);
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < num_triangles; ++t) {
+  for (int64_t i = 0; i < batch * num_triangles; ++i) {
+    const int64_t n = i / num_triangles, t = i % num_triangles;
     const int32_t* v = tri + 3 * t;
     if (v[0] < 0 || v[0] >= num_vertices || v[1] < 0 || v[1] >= num_vertices || v[2] < 0 ||
         v[2] >= num_vertices) {
-      setups[t].row0 = 1;
-      setups[t].row1 = 0;
+      setups[i].row0 = 1;
+      setups[i].row1 = 0;
       continue;
     }
-    setups[t] = setup_triangle(pos + 4 * v[0], pos + 4 * v[1], pos + 4 * v[2], height, width);
+    const scalar_t* p = pos + n * num_vertices * 4;
+    setups[i] = setup_triangle(p + 4 * v[0], p + 4 * v[1], p + 4 * v[2], height, width);
   }
+  // 2. bin triangle ids (ascending, i.e. draw order) into bands of rows, per image
   const int64_t num_bands = (height + kBandRows - 1) / kBandRows;
-  std::vector<std::vector<int32_t>> bins(num_bands);
-  for (int64_t t = 0; t < num_triangles; ++t) {
-    const TriangleSetup& s = setups[t];
-    if (s.row0 > s.row1 || s.col0 > s.col1) continue;
-    for (int64_t b = s.row0 / kBandRows; b <= s.row1 / kBandRows; ++b)
-      bins[b].push_back(static_cast<int32_t>(t));
+  std::vector<std::vector<int32_t>> bins(batch * num_bands);
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t t = 0; t < num_triangles; ++t) {
+      const TriangleSetup& s = setups[n * num_triangles + t];
+      if (s.row0 > s.row1 || s.col0 > s.col1) continue;
+      for (int64_t b = s.row0 / kBandRows; b <= s.row1 / kBandRows; ++b)
+        bins[n * num_bands + b].push_back(static_cast<int32_t>(t));
+    }
   }
+  // 3. rasterize the bands of all images in parallel; a pixel belongs to one band
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t band = 0; band < num_bands; ++band) {
+  for (int64_t i = 0; i < batch * num_bands; ++i) {
+    const int64_t n = i / num_bands, band = i % num_bands;
+    const TriangleSetup* image_setups = setups.data() + n * num_triangles;
+    scalar_t* image_out = out + n * height * width * 4;
     const int64_t r_begin = band * kBandRows;
     const int64_t r_end = std::min(height, r_begin + kBandRows);
     std::vector<double> zbuf((r_end - r_begin) * width, std::numeric_limits<double>::infinity());
-    for (int32_t t : bins[band]) {
-      const TriangleSetup& s = setups[t];
+    for (int32_t t : bins[i]) {
+      const TriangleSetup& s = image_setups[t];
       const int64_t r0 = std::max(s.row0, r_begin), r1 = std::min(s.row1, r_end - 1);
       for (int64_t r = r0; r <= r1; ++r) {
         const double py = (2.0 * r + 1.0) / height - 1.0;
         const double row_term[3] = {s.B[0] * py, s.B[1] * py, s.B[2] * py};
         double* zrow = zbuf.data() + (r - r_begin) * width;
-        scalar_t* orow = out + r * width * 4;
+        scalar_t* orow = image_out + r * width * 4;
         for (int64_t c = s.col0; c <= s.col1; ++c) {
           const double px = (2.0 * c + 1.0) / width - 1.0;
           const double e0 = (s.C[0] + s.A[0] * px) + row_term[0];
@@ -181,9 +193,8 @@ at::Tensor rasterize_forward_cpu(const at::Tensor& pos, const at::Tensor& tri, i
   AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "rasterize_forward_cpu", [&] {
     const scalar_t* p = pos.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < batch; ++n)
-      rasterize_image<scalar_t>(p + n * num_vertices * 4, tri.data_ptr<int32_t>(), num_vertices,
-                                num_triangles, height, width, o + n * height * width * 4);
+    rasterize_images<scalar_t>(p, tri.data_ptr<int32_t>(), batch, num_vertices, num_triangles,
+                               height, width, o);
   });
   return out;
 }
