@@ -263,3 +263,15 @@ def test_rendered_normals_match_ray_casting():
         # interpolated vertex normals vs flat face normals of a 1280-face mesh: a few degrees
         cosine = (got[both] * expected[both]).sum(axis=1)
         assert np.median(cosine) > 0.995 and cosine.min() > 0.8
+
+
+def test_without_open3d_auto_falls_back_to_trimesh(monkeypatch):
+    monkeypatch.setattr(metrics, "_open3d", lambda: ImportError("libusb-1.0.so.0: missing"))
+    metrics._warn_no_open3d.cache_clear()
+    box = trimesh.creation.box()
+    with pytest.warns(RuntimeWarning, match="libusb-1.0-0"):
+        out = surface_metrics(box, box.copy().apply_translation([0.01, 0, 0]), n_points=500)
+    assert 0 < out["chamfer_cm"] < 1
+    with pytest.raises(ImportError, match=r"drpose\[eval\]"):
+        point_to_surface_distance(np.zeros((1, 3)), box, backend="open3d")
+    metrics._warn_no_open3d.cache_clear()

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -246,13 +247,23 @@ def _open3d():
         return error
 
 
+@functools.cache
+def _warn_no_open3d(reason: str) -> None:
+    warnings.warn(f"drpose.eval: open3d does not import ({reason}); distances use trimesh's "
+                  "proximity query, several times slower. pip install 'drpose[eval]' (Linux: "
+                  "also apt install libusb-1.0-0)", RuntimeWarning, stacklevel=4)
+
+
 def _resolve_distance_backend(backend: str) -> str:
     if backend not in DISTANCE_BACKENDS:
         raise ValueError(f"point_to_surface_distance(): backend must be one of "
                          f"{DISTANCE_BACKENDS}, got {backend!r}")
     o3d = _open3d()
     if backend == "auto":
-        return "trimesh" if isinstance(o3d, ImportError) else "open3d"
+        if isinstance(o3d, ImportError):
+            _warn_no_open3d(str(o3d))
+            return "trimesh"
+        return "open3d"
     if backend == "open3d" and isinstance(o3d, ImportError):
         raise ImportError(f"backend='open3d' needs open3d: pip install 'drpose[eval]' (on Linux "
                           f"it also needs the system library libusb-1.0: apt install "
