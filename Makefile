@@ -11,7 +11,12 @@ TORCH_SPEC ?= torch==2.13.0
 CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu)
 CUDA_SOURCES := $(wildcard csrc/*.cu)
 
-.PHONY: test bench lint cuda-check clean
+# Debian packages the tests use: libusb (open3d imports it) and the free BVH clips of
+# assimp-testmodels. Installed when apt-get is there and we are root; elsewhere the tests that
+# need them skip and say why.
+APT_PACKAGES := libusb-1.0-0 assimp-testmodels
+
+.PHONY: test bench lint cuda-check clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +28,14 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(CSRC)
 	$(BIN)/pip install -q -e ".[dev]" --no-build-isolation
 	touch $(STAMP)
 
+system-deps:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+		else echo "note: install $(APT_PACKAGES) (Debian) for the tests that need them"; fi; }
+
 ## make test: lint, the whole test suite, and (when csrc/ has CUDA sources) their compile check
-test: $(STAMP) $(if $(CUDA_SOURCES),cuda-check)
+test: $(STAMP) system-deps $(if $(CUDA_SOURCES),cuda-check)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
