@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import save_file
 
-from drpose.models import MultiViewUNet
+from drpose.models import MultiViewUNet, configs
 from drpose.models.attention_processors import (
     MultiViewTransformerBlock,
     ViewLayout,
@@ -449,3 +449,22 @@ def test_from_pshuman_reads_sharded_safetensors(tiny, tmp_path):
     loaded = MultiViewUNet.from_pshuman(tmp_path)
     for name, t in loaded.state_dict().items():
         assert torch.equal(t, state_dict[name])
+
+
+def test_pshuman_config_round_trip():
+    reference = pshuman_config()
+    with torch.device("meta"):
+        model = MultiViewUNet.from_pshuman_config(reference)
+    written = configs.to_pshuman_config(dict(model.config))
+    assert {key: reference[key] for key in written} == written
+
+
+def test_save_pshuman_then_from_pshuman(tiny, tmp_path):
+    tiny.save_pshuman(tmp_path)
+    with pytest.raises(FileNotFoundError):  # no scheduler config: prediction_type unknown
+        MultiViewUNet.from_pshuman(tmp_path)
+    loaded = MultiViewUNet.from_pshuman(tmp_path, prediction_type="epsilon")
+    as_json = lambda config: json.loads(json.dumps(dict(config)))  # noqa: E731 (tuples -> lists)
+    assert as_json(loaded.config) == as_json({**tiny.config, "prediction_type": "epsilon"})
+    for name, t in loaded.state_dict().items():
+        assert torch.equal(t, tiny.state_dict()[name])

@@ -4,6 +4,8 @@ chunked decode, PNG grid, local save/load (PSHuman's conventions from
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -169,11 +171,16 @@ def test_decode_runs_in_chunks(pipe):
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
-def test_save_and_load_local_folder(pipe, tmp_path):
+@pytest.mark.parametrize("unet_format", ["diffusers", "pshuman"])
+def test_save_and_load_local_folder(pipe, tmp_path, unet_format):
     pipe.save_pretrained(tmp_path)
+    if unet_format == "pshuman":  # a PSHuman checkpoint folder: their unet/config.json
+        shutil.rmtree(tmp_path / "unet")
+        pipe.unet.save_pshuman(tmp_path)
     loaded = MultiViewPipeline.from_pretrained(tmp_path)
     assert loaded.scheduler.config.beta_schedule == "linear"
-    kwargs = {"num_inference_steps": 2, "decode": False}
+    assert loaded.unet.config.prediction_type == "epsilon"
+    kwargs = {"num_inference_steps": 1, "decode": False}
     a = pipe(image(), generator=torch.Generator().manual_seed(3), **kwargs)
     b = loaded(image(), generator=torch.Generator().manual_seed(3), **kwargs)
     torch.testing.assert_close(b.normal_latents, a.normal_latents, rtol=0, atol=0)

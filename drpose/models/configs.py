@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 # PSHuman block type -> the diffusers block it wraps (same weights, multi-view transformer blocks).
+# Our names map back to PSHuman's one to one (PSHuman's plain DownBlock2D/UpBlock2D are diffusers').
 PSHUMAN_BLOCK_TYPES: dict[str, str] = {
     "CrossAttnDownBlockMV2D": "CrossAttnDownBlock2D",
     "CrossAttnUpBlockMV2D": "CrossAttnUpBlock2D",
@@ -205,6 +206,27 @@ def from_pshuman_config(config: dict[str, Any]) -> dict[str, Any]:
     kwargs["face_fusion"] = True
     kwargs["joint_domain_attention"] = bool(config.get("mvcd_attention", True))
     return kwargs
+
+
+def to_pshuman_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`from_pshuman_config`: a ``MultiViewUNet`` config (dict) as PSHuman's
+    ``unet/config.json`` (the keys that define the architecture; PSHuman's other keys are left
+    to its defaults). Only PSHuman's layout (a face view, fused) can be written."""
+    if not (config["face_view"] and config["face_fusion"]):
+        raise ValueError("PSHuman's format needs face_view=True and face_fusion=True")
+    pshuman_names = {ours: theirs for theirs, ours in PSHUMAN_BLOCK_TYPES.items()}
+    out: dict[str, Any] = {"_class_name": "UNetMV2DConditionModel", **PSHUMAN_REQUIRED_VALUES}
+    out.update({key: _json_value(config[key]) for key in PSHUMAN_COPIED_KEYS})
+    for key in ("down_block_types", "up_block_types"):
+        out[key] = [pshuman_names[name] for name in config[key]]
+    out["mid_block_type"] = pshuman_names[config["mid_block_type"]]
+    out["num_views"] = config["num_body_views"] + 1
+    out["mvcd_attention"] = config["joint_domain_attention"]
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _diffusers_block_type(name: str) -> str:

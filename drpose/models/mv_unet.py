@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from drpose.models import configs
@@ -190,6 +191,22 @@ class MultiViewUNet(UNet2DConditionModel):
             )
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Any = None) -> None:
+        """Checkpoint every ResNet and transformer block while gradients are enabled, always
+        non-reentrant (``use_reentrant=False``): with reentrant checkpointing, parameters inside
+        a block (LoRA) get no gradient when the block's input does not require one."""
+        super().enable_gradient_checkpointing(gradient_checkpointing_func or _checkpoint)
+
+    def save_pshuman(self, path: str | Path) -> None:
+        """Write ``path/unet/`` in PSHuman's format: its ``config.json`` and the weights
+        (``diffusion_pytorch_model.safetensors``); :meth:`from_pshuman` reads it back."""
+        unet_dir = Path(path) / "unet"
+        unet_dir.mkdir(parents=True, exist_ok=True)
+        config = configs.to_pshuman_config(dict(self._internal_dict))
+        (unet_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        state_dict = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+        save_file(state_dict, unet_dir / "diffusion_pytorch_model.safetensors")
+
     def set_row_attention_backend(self, backend: str) -> None:
         """Backend of :func:`drpose.ops.row_attention` in every ``attn_mv``
         ("auto" | "torch" | "cpu" | "triton")."""
@@ -245,6 +262,10 @@ class MultiViewUNet(UNet2DConditionModel):
         check_state_dict(model, state_dict, source=str(unet_dir))
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.eval()
+
+
+def _checkpoint(module: nn.Module, *args: Any) -> Any:
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
 
 @functools.cache
