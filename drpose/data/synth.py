@@ -340,7 +340,8 @@ class DiffusersSynthesizer:
                              f"{DIFFUSERS_PIPELINE_HINT}") from error
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.img2img = StableDiffusionControlNetImg2ImgPipeline(**self.pipe.components)
+        self.img2img = StableDiffusionControlNetImg2ImgPipeline(**self.pipe.components,
+                                                                requires_safety_checker=False)
         self.img2img.set_progress_bar_config(disable=True)
         self.poser = BodyPoser(smplx_dir, resolution=resolution)
         self.resolution = resolution
