@@ -141,6 +141,8 @@ class BodyPoser:
             raise ValueError("poses: the sequence has no frames")
         parts = [self._batch(poses.take(slice(s, s + self.batch_size)))
                  for s in range(0, len(poses), self.batch_size)]
+        if len(parts) == 1:
+            return parts[0]
         return BodyFrames(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
                              for f in fields(BodyFrames)})
 
@@ -278,12 +280,12 @@ class RenderSynthesizer:
         body = self.poser(poses)
         palette = Palette.random(seed)
         albedo = self.face_colours(palette)[body.face_index.clamp(min=0)]  # (T, R, R, 3)
-        lambert = (body.normals * self.light[:, None, None]).sum(dim=1).clamp(min=0)  # (T, R, R)
-        shade = self.ambient + (1 - self.ambient) * lambert
-        images = albedo.permute(0, 3, 1, 2) * shade[:, None] * body.mask + (1 - body.mask)
+        lambert = torch.einsum("tchw,c->thw", body.normals, self.light).clamp(0, 1)
+        shade = self.ambient + (1 - self.ambient) * lambert  # (T, R, R) in [ambient, 1]
+        shaded = albedo.permute(0, 3, 1, 2) * shade[:, None]
+        images = torch.where(body.mask > 0, shaded, torch.ones(()))
         palettes = torch.from_numpy(palette.colours).expand(len(poses), -1, -1).clone()
-        return SynthFrames(images=images.clamp(0, 1), masks=body.mask, body=body,
-                           palette=palettes)
+        return SynthFrames(images=images, masks=body.mask, body=body, palette=palettes)
 
 
 DIFFUSERS_PIPELINE_HINT = (
