@@ -5,7 +5,8 @@ casting (one BVH per pose, one orthographic ray per pixel centre and view, then 
 depth of the first hit: the full (u, v, z/w, id) image), at 512² and 768². The torch reference
 is brute force over all triangles (O(pixels x triangles)) and is timed at 16² only (at 32² one
 call took 75 s here). Then the full condition maps (normals, mask, depth, 23 heatmaps with
-depth visibility) of 8 poses x 6 views at 768²: time per sample = median / 8.
+depth visibility) of 8 poses x 6 views at 768², with the 23 heatmaps at 768² or at the latent
+size 96²: time per sample = median / 8.
 """
 
 from __future__ import annotations
@@ -103,11 +104,13 @@ def bench_rasterize_small(measure, rig, label):
         measure(lambda: rasterize(pos, tri, res, backend="cpu"), group=group, label=label)
 
 
-def bench_condition_maps_8_poses(measure):
+@pytest.mark.parametrize("heatmap_size", [768, 96])
+def bench_condition_maps_8_poses(measure, heatmap_size):
     out = bodies(8)
     joints = out.joints[:, list(POSESCORE_JOINTS.indices)]
-    config = ConditionConfig(size=(768, 768), backend="cpu")
+    config = ConditionConfig(size=(768, 768), heatmap_size=(heatmap_size, heatmap_size),
+                             backend="cpu")
     with torch.no_grad():
         measure(lambda: render_conditions(out.vertices, out.faces, joints, config),
                 group="condition maps 8 poses x 6 views 768x768 (time per sample = / 8)",
-                label="render_conditions (cpu)", rounds=3, memory=False)
+                label=f"render_conditions, heatmaps {heatmap_size}²", rounds=2)

@@ -138,17 +138,20 @@ def rasterize_reference(pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -
 
 
 def interpolate_reference(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
-    """The specification of :func:`interpolate`: ``u a_0 + v a_1 + (1 - u - v) a_2`` per pixel."""
+    """The specification of :func:`interpolate`: ``u a_0 + v a_1 + (1 - u - v) a_2`` per pixel.
+
+    Evaluated at the covered pixels only; background pixels are zero.
+    """
     _check_interpolate_inputs(attr, rast, tri)
-    n = rast.shape[0]
+    out = attr.new_zeros(*rast.shape[:3], attr.shape[-1])
     ids = rast[..., 3].detach().long() - 1  # (N, H, W)
-    covered = (ids >= 0).to(attr.dtype)
-    corners = tri.long()[ids.clamp(min=0)]  # (N, H, W, 3)
-    batch = torch.arange(n, device=attr.device)[:, None, None] if attr.shape[0] > 1 else 0
-    u = (rast[..., 0] * covered)[..., None].to(attr.dtype)
-    v = (rast[..., 1] * covered)[..., None].to(attr.dtype)
-    return (u * attr[batch, corners[..., 0]] + v * attr[batch, corners[..., 1]]
-            + (covered[..., None] - u - v) * attr[batch, corners[..., 2]])
+    img, row, col = (ids >= 0).nonzero(as_tuple=True)
+    corners = tri.long()[ids[img, row, col]]  # (M, 3)
+    source = img if attr.shape[0] > 1 else torch.zeros_like(img)
+    a = attr[source[:, None], corners]  # (M, 3, A)
+    uv = rast[img, row, col, :2].to(attr.dtype)  # (M, 2)
+    u, v = uv[:, :1], uv[:, 1:]
+    return out.index_put((img, row, col), u * a[:, 0] + v * a[:, 1] + (1 - u - v) * a[:, 2])
 
 
 # ---- public ops --------------------------------------------------------------------------------
