@@ -464,7 +464,10 @@ def test_save_pshuman_then_from_pshuman(tiny, tmp_path):
     with pytest.raises(FileNotFoundError):  # no scheduler config: prediction_type unknown
         MultiViewUNet.from_pshuman(tmp_path)
     loaded = MultiViewUNet.from_pshuman(tmp_path, prediction_type="epsilon")
-    as_json = lambda config: json.loads(json.dumps(dict(config)))  # noqa: E731 (tuples -> lists)
+
+    def as_json(config):  # tuples -> lists; no bookkeeping keys (_class_name, ...)
+        return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
+
     assert as_json(loaded.config) == as_json({**tiny.config, "prediction_type": "epsilon"})
     for name, t in loaded.state_dict().items():
         assert torch.equal(t, tiny.state_dict()[name])
