@@ -77,6 +77,7 @@ def test_dataset_reads_samples_with_their_poses(built):
         assert sample["meta"]["clip"] == default_pose_sequences()[clip_ids[row]].source
         assert sample["joints"].shape == (55, 3) and sample["keypoints"].shape == (17, 2)
         assert sample["meta"]["sample"] == item and sample["meta"]["window"] == item // 2
+        assert sample["palette"].shape == (5, 3)
         # the image's alpha is the body mask; off the body the image is white
         off = sample["mask"][0] == 0
         assert 0 < off.float().mean() < 1 and torch.all(sample["image"][:, off] == 1)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from drpose.body import StandInModelWarning
-from drpose.data.build import BuildConfig, DatasetBuilder
-from drpose.data.dataset import DrPoseDataset, validate
+from drpose.data.__main__ import main
+from drpose.data.dataset import DrPoseDataset, read_format, validate
 from drpose.data.draw import KEYPOINT_COLOURS, LIMB_INTENSITY, skeleton_images
 from drpose.data.motion import default_pose_sequences
 from drpose.data.synth import (
@@ -167,8 +167,13 @@ def _tiny_controlnet_pipeline(folder):
 
 
 @pytest.fixture(scope="module")
-def diffusers_synth(tmp_path_factory):
-    folder = _tiny_controlnet_pipeline(tmp_path_factory.mktemp("tiny_controlnet"))
+def pipeline_dir(tmp_path_factory):
+    return _tiny_controlnet_pipeline(tmp_path_factory.mktemp("tiny_controlnet"))
+
+
+@pytest.fixture(scope="module")
+def diffusers_synth(pipeline_dir):
+    folder = pipeline_dir
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StandInModelWarning)
         return make_synthesizer("diffusers", TINY_SIDE, model_dir=folder, steps=2,
@@ -215,13 +220,16 @@ def test_diffusers_backend_portrait_and_normal_condition(diffusers_synth, two_po
     assert not torch.equal(out.images, generated.images)
 
 
-def test_diffusers_dataset_builds_and_validates(diffusers_synth, tmp_path):
-    config = BuildConfig(motions=("default",), out=tmp_path / "ds", anchors=2, neighbours=1,
-                         windows_per_shard=1)
-    result = DatasetBuilder(config, diffusers_synth).build(progress=False)
-    assert result.complete and validate(config.out).ok
-    item = DrPoseDataset(config.out)[3]
-    assert item["image"].shape == (3, TINY_SIDE, TINY_SIDE)
+def test_diffusers_dataset_from_the_command_line(pipeline_dir, tmp_path):
+    out = tmp_path / "ds"
+    status = main(["build", "--motion", "default", "--out", str(out), "--anchors", "1",
+                   "--neighbours", "1", "--windows-per-shard", "1", "--synth", "diffusers",
+                   "--model", str(pipeline_dir), "--resolution", str(TINY_SIDE), "--steps", "2",
+                   "--guidance-scale", "1", "--prompt", "a person", "--no-progress"])
+    assert status == 0 and validate(out).ok
+    assert read_format(out)["synth"]["name"] == "diffusers"
+    item = DrPoseDataset(out)[1]
+    assert item["image"].shape == (3, TINY_SIDE, TINY_SIDE) and "palette" not in item
 
 
 def test_diffusers_backend_needs_a_local_pipeline(tmp_path):

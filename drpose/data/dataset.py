@@ -146,8 +146,9 @@ class DrPoseDataset(torch.utils.data.Dataset):
     Items are dicts: ``image`` (3, R, R) float32 in [0, 1], ``mask`` (1, R, R) float32,
     ``smplx`` dict of float32 tensors (global_orient (3,), body_pose (63,), transl (3,), betas
     (S,), and hand / jaw poses when stored), ``joints`` (55, 3), ``keypoints`` (17, 2),
-    ``keypoints_visible`` (17,) bool, ``camera`` dict (center (3,), scale ()), and ``meta`` dict
-    (sample, window, position, frame: int; anchor: bool; clip: source name; shard: int).
+    ``keypoints_visible`` (17,) bool, ``camera`` dict (center (3,), scale ()), ``meta`` dict
+    (sample, window, position, frame: int; anchor: bool; clip: source name; shard: int), and for
+    render-backend datasets ``palette`` (5, 3).
     """
 
     def __init__(self, root: str | Path, *, allow_incomplete: bool = False) -> None:
@@ -179,7 +180,9 @@ class DrPoseDataset(torch.utils.data.Dataset):
         sample = int(row["sample"])
         shard = int(self.shard_of[item])
         image, mask = load_image(self.root / SHARDS_DIR / shard_name(shard) / image_name(sample))
+        extra = {"palette": row["palette"]} if "palette" in row else {}
         return {
+            **extra,
             "image": image,
             "mask": mask,
             "smplx": {name: row[name] for name in SMPLX_ARRAYS if name in row},
