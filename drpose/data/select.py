@@ -115,7 +115,9 @@ def farthest_point_sampling(
             # |a - o|^2 < 4 d^2, with slack so float32 rounding never skips a row wrongly.
             to_owner = ((chosen[:i] - anchor) ** 2).sum(1) * np.float32(1 - 1e-5)
             rows = np.flatnonzero(to_owner[owner] < 4 * nearest)
-        distance = ((points[rows] - anchor) ** 2).sum(1)
+        difference = np.take(points, rows, axis=0)  # several times faster than points[rows]
+        difference -= anchor
+        distance = np.einsum("ij,ij->i", difference, difference)
         closer = distance < nearest[rows]
         nearest[rows[closer]] = distance[closer]
         owner[rows[closer]] = i
