@@ -1,0 +1,292 @@
+"""Multi-view renders of posed bodies in PSHuman's rig: the training data of the stages before
+the reward loop (VAE, multi-view pretraining, g_skel).
+
+For N SMPL-X poses (farthest-point-sampled from a pose set, :mod:`drpose.data.select`) every
+sample holds, for the 6 body views of :mod:`drpose.render.cameras` in rig order:
+
+* ``normals``: PSHuman's normal colours ``n * 0.5 + 0.5`` (front-camera-frame normals, white
+  background, :func:`drpose.render.conditions.encode_normals`);
+* ``colours``: the body coloured by part from a random per-sample palette (the ``render`` synth
+  backend's :class:`~drpose.data.synth.Palette` and part regions), shaded
+  ``albedo * (ambient + (1 - ambient) max(0, n . l))`` with the light fixed in each *camera's*
+  frame (so back and side views are lit like the front one), on white;
+* ``masks``: the silhouettes;
+
+views 3 and 4 mirrored as PSHuman generates them, the body placed with
+``normalize_body(mode="inference")``. The input image of a sample is one of its colour views
+(``input_view``, default the front view 0). Also stored: the 23 PoseScore joints (world metres),
+the normalisation (centre, scale) that places them in the view box, the SMPL-X parameters and
+the palette. ``keypoints(size)`` projects the joints with :func:`drpose.render.cameras.
+project_joints` (``visibility="frame"``: a skeleton map shows every joint, occluded or not,
+because the reward only has the pose, not the scene's occlusions).
+
+Everything is deterministic given the config (pose selection, palettes from ``seed``). A folder
+holds ``renders.npz`` (uint8 images, float32 joints) and ``meta.json`` (the config); see
+:func:`load_or_build`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from drpose.body import POSESCORE_JOINTS, load_smplx, posed_body
+from drpose.data.motion import PoseSequence, concatenate, default_pose_sequences
+from drpose.data.select import farthest_point_sampling, pose_features
+from drpose.data.synth import Palette, vertex_regions
+from drpose.ops import interpolate, rasterize
+from drpose.render import cameras
+from drpose.render.conditions import encode_normals, vertex_normals
+
+FORMAT_VERSION = 1
+RENDERS_FILE = "renders.npz"
+META_FILE = "meta.json"
+NUM_VIEWS = len(cameras.BODY_VIEWS)
+
+
+@dataclass
+class RenderConfig:
+    """What :func:`build_renders` makes.
+
+    num_poses: N samples. resolution: image side R (pixels). held_out: every ``held_out``-th
+    sample (by FPS pick order, starting at index ``held_out - 1``) is held out for evaluation.
+    seed: palettes (sample i gets ``Palette.random(seed * 100003 + i)``). input_view: the view
+    used as the input image. ambient, light: shading (light direction in each camera's frame,
+    x right, y up, z towards the camera). model_dir: SMPL-X folder (None: configured or
+    stand-in). motion: a pose file (:func:`drpose.data.motion.load_motion`) or None for the
+    packaged sample.
+    """
+
+    num_poses: int = 96
+    resolution: int = 64
+    held_out: int = 6
+    seed: int = 0
+    input_view: int = 0
+    ambient: float = 0.35
+    light: tuple[float, float, float] = (-0.3, 0.5, 1.0)
+    model_dir: str | None = None
+    motion: str | None = None
+
+
+@dataclass
+class Renders:
+    """The arrays of N samples (see the module docstring); images uint8 (N, V, 3, R, R)."""
+
+    normals: np.ndarray
+    colours: np.ndarray
+    masks: np.ndarray  # (N, V, 1, R, R) uint8 0/1
+    joints: np.ndarray  # (N, 23, 3) float32 world metres
+    center: np.ndarray  # (N, 3) float32 metres
+    scale: np.ndarray  # (N,) float32 normalised units per metre
+    body_pose: np.ndarray  # (N, 63) float32
+    global_orient: np.ndarray  # (N, 3) float32
+    palette: np.ndarray  # (N, 5, 3) float32
+
+
+def _pose_set(config: RenderConfig) -> PoseSequence:
+    if config.motion is None:
+        return concatenate(default_pose_sequences())[0]
+    from drpose.data.motion import load_motion
+
+    return load_motion(config.motion)
+
+
+def select_render_poses(config: RenderConfig) -> PoseSequence:
+    """The N poses: farthest point sampling over the pose set's selection features."""
+    poses = _pose_set(config)
+    if len(poses) < config.num_poses:
+        raise ValueError(f"num_poses={config.num_poses} but the pose set has {len(poses)} rows")
+    picks = farthest_point_sampling(pose_features(poses), config.num_poses)
+    return poses.take(picks)
+
+
+def camera_light(light: tuple[float, float, float]) -> Tensor:
+    """(V, 3) world direction towards the light of each body view, for a direction given in the
+    camera frame (x right, y up, z towards the camera)."""
+    rotation = cameras.camera_from_normalized()[:, :3, :3]  # rows: right, up, back
+    direction = torch.nn.functional.normalize(torch.tensor(light, dtype=torch.float32), dim=0)
+    return torch.einsum("vij,i->vj", rotation, direction)
+
+
+@torch.no_grad()
+def build_renders(config: RenderConfig) -> Renders:
+    """Pose, select and render N samples (about 0.3 s per sample at R = 64 on 2 cores)."""
+    poses = select_render_poses(config)
+    model = load_smplx(config.model_dir)
+    faces = model.faces_tensor.to(torch.int32).contiguous()
+    template = model.v_template.detach().float()
+    rest_joints = model.J_regressor.detach().float() @ template
+    regions = vertex_regions(model.lbs_weights.detach(), template, rest_joints)
+    face_regions = regions[faces[:, 0].long()]
+    body = posed_body(model, torch.from_numpy(poses.body_pose),
+                      torch.from_numpy(poses.global_orient))
+    norm = cameras.normalize_body(body.vertices)
+    matrices = cameras.world_to_clip(norm)  # (N, V, 4, 4)
+    normals_world = vertex_normals(body.vertices, body.faces).float()
+    lights = camera_light(config.light)  # (V, 3)
+    size = (config.resolution, config.resolution)
+    out = {"normals": [], "colours": [], "masks": [], "palette": []}
+    for i in range(len(poses)):
+        palette = Palette.random(config.seed * 100003 + i)
+        colours = torch.from_numpy(palette.colours)
+        part = face_regions.clone()
+        part[part == -1] = 2 if palette.long_sleeves else 0  # TOP / SKIN
+        part[part == -2] = 3 if palette.long_trousers else 0  # BOTTOM / SKIN
+        albedo_faces = colours[part]  # (F, 3)
+        pos = cameras.transform_points(body.vertices[i:i + 1], matrices[i:i + 1])[0]
+        rast = cameras.rows_top_down(rasterize(pos.float().contiguous(), faces, size))
+        mask = (rast[..., 3:] > 0).float()  # (V, R, R, 1)
+        n = interpolate(normals_world[i:i + 1], rast, faces)
+        n = torch.nn.functional.normalize(n, dim=-1) * mask
+        face_index = (rast[..., 3].round().long() - 1).clamp(min=0)
+        lambert = (n * lights[:, None, None]).sum(-1, keepdim=True).clamp(min=0)
+        shade = config.ambient + (1 - config.ambient) * lambert
+        colour = albedo_faces[face_index] * shade * mask + (1 - mask)
+        mask = mask.permute(0, 3, 1, 2)
+        out["normals"].append(encode_normals(n.permute(0, 3, 1, 2), mask))
+        out["colours"].append(colour.permute(0, 3, 1, 2).clamp(0, 1))
+        out["masks"].append(mask)
+        out["palette"].append(colours)
+
+    def to_uint8(images: list[Tensor]) -> np.ndarray:
+        return (torch.stack(images) * 255 + 0.5).to(torch.uint8).numpy()
+
+    return Renders(
+        normals=to_uint8(out["normals"]),
+        colours=to_uint8(out["colours"]),
+        masks=torch.stack(out["masks"]).to(torch.uint8).numpy(),
+        joints=body.joints[:, list(POSESCORE_JOINTS.indices)].float().numpy(),
+        center=norm.center.float().numpy(),
+        scale=norm.scale.float().numpy(),
+        body_pose=poses.body_pose.astype(np.float32),
+        global_orient=poses.global_orient.astype(np.float32),
+        palette=torch.stack(out["palette"]).numpy(),
+    )
+
+
+def _meta(config: RenderConfig) -> dict:
+    return {"format_version": FORMAT_VERSION, "config": asdict(config)}
+
+
+def save_renders(renders: Renders, config: RenderConfig, folder: str | Path) -> Path:
+    """Write ``renders.npz`` then ``meta.json`` (the latter marks a complete folder)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{RENDERS_FILE}.tmp.npz"
+    np.savez_compressed(tmp, **asdict(renders))
+    tmp.replace(folder / RENDERS_FILE)
+    (folder / META_FILE).write_text(json.dumps(_meta(config), indent=1))
+    return folder
+
+
+def load_or_build(folder: str | Path, config: RenderConfig | None = None) -> MultiViewRenders:
+    """The renders cached in ``folder``; built (and cached) when missing or made with another
+    config. ``config=None`` loads whatever the folder holds (defaults when empty)."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        stored = RenderConfig(**{**meta["config"], "light": tuple(meta["config"]["light"])})
+        if meta.get("format_version") == FORMAT_VERSION and config in (None, stored):
+            return MultiViewRenders.load(folder)
+    config = config or RenderConfig()
+    save_renders(build_renders(config), config, folder)
+    return MultiViewRenders.load(folder)
+
+
+class MultiViewRenders(Dataset):
+    """The renders of a folder as a torch Dataset (all in memory; float images in [0, 1]).
+
+    ``dataset[i]`` is a dict: ``image`` (3, R, R) the input view's colour image, ``normals`` and
+    ``colours`` (V, 3, R, R), ``masks`` (V, 1, R, R), ``joints`` (23, 3) world metres, ``center``
+    (3,), ``scale`` () (the :class:`~drpose.render.cameras.BodyNormalization` of the sample).
+    ``split="train" | "eval" | "all"`` selects the samples (see ``RenderConfig.held_out``).
+    """
+
+    def __init__(self, renders: Renders, config: RenderConfig, split: str = "all") -> None:
+        if split not in ("train", "eval", "all"):
+            raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")
+        index = np.arange(renders.joints.shape[0])
+        held = (index % config.held_out) == config.held_out - 1
+        keep = {"train": ~held, "eval": held, "all": np.ones_like(held)}[split]
+        self.indices = index[keep]
+        self.config = config
+        self.split = split
+        self.normals = torch.from_numpy(renders.normals[keep])
+        self.colours = torch.from_numpy(renders.colours[keep])
+        self.masks = torch.from_numpy(renders.masks[keep])
+        self.joints = torch.from_numpy(renders.joints[keep])
+        self.center = torch.from_numpy(renders.center[keep])
+        self.scale = torch.from_numpy(renders.scale[keep])
+
+    @classmethod
+    def load(cls, folder: str | Path, split: str = "all") -> MultiViewRenders:
+        folder = Path(folder)
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} missing: build the renders with "
+                                    "drpose.data.multiview.load_or_build(folder)")
+        meta = json.loads(meta_path.read_text())
+        config = RenderConfig(**{**meta["config"], "light": tuple(meta["config"]["light"])})
+        with np.load(folder / RENDERS_FILE) as data:
+            renders = Renders(**{name: data[name] for name in data.files})
+        return cls(renders, config, split)
+
+    def subset(self, split: str) -> MultiViewRenders:
+        """The same renders restricted to ``split`` (this dataset must hold them all)."""
+        if self.split != "all":
+            raise ValueError("subset() needs a dataset loaded with split='all'")
+        data = MultiViewRenders.__new__(MultiViewRenders)
+        index = np.arange(len(self))
+        held = (index % self.config.held_out) == self.config.held_out - 1
+        keep = torch.from_numpy({"train": ~held, "eval": held, "all": np.ones_like(held)}[split])
+        data.indices, data.config, data.split = self.indices[keep.numpy()], self.config, split
+        for name in ("normals", "colours", "masks", "joints", "center", "scale"):
+            setattr(data, name, getattr(self, name)[keep])
+        return data
+
+    def __len__(self) -> int:
+        return int(self.joints.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"image": self.images(i), "normals": self.normals[i].float() / 255,
+                "colours": self.colours[i].float() / 255, "masks": self.masks[i].float(),
+                "joints": self.joints[i], "center": self.center[i], "scale": self.scale[i]}
+
+    def images(self, index: int | slice | Tensor = slice(None)) -> Tensor:
+        """Input images ``(..., 3, R, R)`` float in [0, 1] (the ``input_view`` colour view)."""
+        return self.colours[index, self.config.input_view].float() / 255
+
+    def views(self, index: int | slice | Tensor = slice(None)) -> tuple[Tensor, Tensor]:
+        """(normals, colours) ``(..., V, 3, R, R)`` float in [0, 1]."""
+        return self.normals[index].float() / 255, self.colours[index].float() / 255
+
+    def normalization(self, index: int | slice | Tensor = slice(None)) -> cameras.BodyNormalization:
+        """How the selected samples' bodies sit in the view box."""
+        center, scale = self.center[index], self.scale[index]
+        if center.dim() == 1:
+            center, scale = center[None], scale[None]
+        return cameras.BodyNormalization(center=center, scale=scale)
+
+    def normalized_joints(self, index: int | slice | Tensor = slice(None)) -> Tensor:
+        """Joints in normalised body coordinates ``(..., 23, 3)`` (what PoseScore takes when
+        given no normalisation)."""
+        joints = self.joints[index]
+        single = joints.dim() == 2
+        out = self.normalization(index).apply(joints[None] if single else joints)
+        return out[0] if single else out
+
+    def keypoints(self, size: tuple[int, int],
+                  index: int | slice | Tensor = slice(None)) -> tuple[Tensor, Tensor]:
+        """Joints projected into the 6 views at heatmap ``size``: keypoints (B, V, 23, 2) pixels,
+        visible (B, V, 23) (inside the frame)."""
+        joints = self.joints[index]
+        if joints.dim() == 2:
+            joints = joints[None]
+        return cameras.project_joints(joints, None, size, normalization=self.normalization(index))
