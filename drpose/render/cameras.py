@@ -40,8 +40,8 @@ Two scales, both PSHuman's:
 
 Pixel convention (heatmaps, keypoints, images returned by :mod:`drpose.render.conditions`):
 pixel ``i`` covers ``[i - 0.5, i + 0.5]`` (centres at integers), x to the right, y DOWN, row 0 at
-the top. The rasterizer (:func:`drpose.ops.rasterize`) uses OpenGL bottom-up rows; images made
-from it are flipped with :func:`rows_top_down`.
+the top. The rasterizer (:func:`drpose.ops.rasterize`) uses OpenGL bottom-up rows; images are
+rasterized with :func:`rows_top_down` matrices, whose negated y makes its rows top-down.
 """
 
 from __future__ import annotations
@@ -211,9 +211,15 @@ def ndc_to_pixels(ndc_xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack([x, y], dim=-1)
 
 
-def rows_top_down(image: torch.Tensor, row_dim: int = -3) -> torch.Tensor:
-    """Flip OpenGL bottom-up rows (rasterizer output, (..., H, W, C)) to top-down image rows."""
-    return image.flip(row_dim)
+def rows_top_down(matrices: torch.Tensor) -> torch.Tensor:
+    """(..., 4, 4) world -> clip matrices with clip y negated, for the rasterizer.
+
+    The rasterizer writes OpenGL bottom-up rows; with y negated, its row r is the image row r
+    counted from the top (pixel centres are symmetric), so images come out top-down, y down,
+    without a flip. Only for rasterizing: keypoints use the unflipped matrices.
+    """
+    flip = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=matrices.dtype, device=matrices.device)
+    return flip[:, None] * matrices
 
 
 def face_crop_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -295,9 +301,10 @@ def _hidden_by_body(joint_clip: torch.Tensor, keypoints: torch.Tensor, matrices:
     vertices, faces = mesh
     b, v = joint_clip.shape[:2]
     h, w = size
-    pos = transform_points(vertices.detach(), matrices.detach()).reshape(b * v, -1, 4)
-    rast = rasterize(pos.float().contiguous(), faces.to(torch.int32).contiguous(), (h, w))
-    depth = rows_top_down(rast[..., 2:4]).reshape(b, v, h * w, 2)
+    pos = transform_points(vertices.detach(), rows_top_down(matrices.detach()))
+    rast = rasterize(pos.reshape(b * v, -1, 4).float().contiguous(),
+                     faces.to(torch.int32).contiguous(), (h, w))
+    depth = rast[..., 2:4].reshape(b, v, h * w, 2)
     col = keypoints[..., 0].round().long().clamp(0, w - 1)
     row = keypoints[..., 1].round().long().clamp(0, h - 1)
     at = depth.gather(2, (row * w + col)[..., None].expand(-1, -1, -1, 2))  # (B, V, J, 2)

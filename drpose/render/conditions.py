@@ -108,23 +108,23 @@ def render_conditions(vertices: Tensor, faces: Tensor, joints: Tensor,
         joints, views, heatmap_size, normalization=norm, visibility=config.visibility,
         mesh=(vertices, faces), mirror=config.mirror)
     heatmaps = render_heatmaps(keypoints.float(), visible, size=heatmap_size, sigma=config.sigma)
-    matrices = cameras.world_to_clip(norm, views, mirror=config.mirror)  # (B, V, 4, 4)
-    normals_world = vertex_normals(vertices, faces)
-    normals, masks, depths = [], [], []
-    for b in range(vertices.shape[0]):
-        pos = cameras.transform_points(vertices[b:b + 1], matrices[b:b + 1])[0]  # (V, N, 4)
+    matrices = cameras.rows_top_down(cameras.world_to_clip(norm, views, mirror=config.mirror))
+    normals_world = vertex_normals(vertices, faces).float()
+    b, v, (h, w) = vertices.shape[0], len(views), config.size
+    normals = vertices.new_zeros(b, v, 3, h, w, dtype=torch.float32)
+    mask = vertices.new_zeros(b, v, 1, h, w, dtype=torch.float32)
+    depth = vertices.new_zeros(b, v, 1, h, w, dtype=torch.float32)
+    for i in range(b):
+        pos = cameras.transform_points(vertices[i:i + 1], matrices[i:i + 1])[0]  # (V, N, 4)
         rast = rasterize(pos.float().contiguous(), tri, config.size, backend=config.backend)
-        rast = cameras.rows_top_down(rast)  # (V, H, W, 4)
-        covered = (rast[..., 3:] > 0).float()
-        n = interpolate(normals_world[b:b + 1].float(), rast, tri)
-        n = torch.nn.functional.normalize(n, dim=-1) * covered
-        distance = cameras.clip_depth_to_distance(rast[..., 2:3]) / norm.scale[b].float()
-        normals.append(n.permute(0, 3, 1, 2))
-        masks.append(covered.permute(0, 3, 1, 2))
-        depths.append((distance * covered).permute(0, 3, 1, 2))
-    return ConditionMaps(normals=torch.stack(normals), mask=torch.stack(masks),
-                         depth=torch.stack(depths), heatmaps=heatmaps, keypoints=keypoints,
-                         visible=visible)
+        covered = rast[..., 3] > 0
+        n = interpolate(normals_world[i:i + 1], rast, tri)  # 0 on background
+        normals[i] = torch.nn.functional.normalize(n, dim=-1).permute(0, 3, 1, 2)
+        mask[i, :, 0] = covered
+        distance = cameras.clip_depth_to_distance(rast[..., 2]) / norm.scale[i].float()
+        depth[i, :, 0] = torch.where(covered, distance, 0.0)
+    return ConditionMaps(normals=normals, mask=mask, depth=depth, heatmaps=heatmaps,
+                         keypoints=keypoints, visible=visible)
 
 
 def encode_normals(normals: Tensor, mask: Tensor, background: float = 1.0) -> Tensor:
