@@ -72,7 +72,8 @@ def bench_rasterize_interpolate(benchmark, measure, synth, window):
                           torch.from_numpy(window.global_orient),
                           transl=torch.from_numpy(window.transl))
     norm = cameras.normalize_body(body.vertices)
-    pos = cameras.transform_points(body.vertices, cameras.world_to_clip(norm, FRONT_VIEW))[:, 0]
+    matrices = cameras.rows_top_down(cameras.world_to_clip(norm, FRONT_VIEW))
+    pos = cameras.transform_points(body.vertices, matrices)[:, 0]
     pos = pos.float().contiguous()
     normals = vertex_normals(body.vertices, body.faces).float()
 

@@ -202,3 +202,11 @@ def test_parse_shard_rejects(text):
 
 def test_parse_shard():
     assert parse_shard("3/8") == (3, 8)
+
+
+def test_rerun_on_a_complete_dataset_writes_nothing(synth, copy):
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in copy.rglob("*") if p.is_file()}
+    result = DatasetBuilder(config(copy), synth).build(progress=False)
+    assert (result.built, result.skipped, result.complete) == ([], [0, 1], True)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before
+    assert {p for p in copy.rglob("*") if p.is_file()} == set(before)

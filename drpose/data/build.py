@@ -13,7 +13,8 @@ The format is specified in :mod:`drpose.data.dataset`. The build
    either complete or absent; a finished shard is never rewritten. The manifest is then updated
    under a file lock. An interrupted build leaves at most a temporary folder, which the next
    run for that shard removes;
-4. writes ``contact_sheet.png`` once every shard is present.
+4. writes ``contact_sheet.png`` when every shard is present (again only if this run built
+   one).
 
 Shards are independent: ``shard=(i, n)`` builds the shards ``s`` with ``s % n == i``, so n
 processes or machines sharing the output folder build the dataset together. Every file is
@@ -251,10 +252,10 @@ class DatasetBuilder:
                 self._record_in_manifest([s])
         present = set(fmt.completed_shards(self.root))
         result.complete = present >= set(range(self.num_shards))
-        if result.complete:
+        sheet = self.root / "contact_sheet.png"
+        if result.complete and (result.built or not sheet.is_file()):
             fmt.write_contact_sheet(self.root, self.root / f"{fmt.TMP_PREFIX}contact_sheet.png")
-            os.replace(self.root / f"{fmt.TMP_PREFIX}contact_sheet.png",
-                       self.root / "contact_sheet.png")
+            os.replace(self.root / f"{fmt.TMP_PREFIX}contact_sheet.png", sheet)
         return result
 
     def _write_shard(self, shard: int, bar: tqdm) -> bool:
@@ -321,7 +322,7 @@ class DatasetBuilder:
     def _record_in_manifest(self, shards: list[int]) -> None:
         """Add finished shards to manifest.json (read-modify-replace under a file lock)."""
         path = self.root / fmt.MANIFEST_FILE
-        with open(self.root / ".manifest.lock", "w") as lock:
+        with open(self.root / ".manifest.lock", "a") as lock:  # "a": no mtime change
             fcntl.flock(lock, fcntl.LOCK_EX)
             manifest = (fmt.read_json(path) if path.is_file() else
                         {"format_version": fmt.FORMAT_VERSION, "completed": {}})

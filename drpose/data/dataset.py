@@ -5,13 +5,17 @@ Format (``FORMAT_NAME`` = "drpose15k", :data:`FORMAT_VERSION` = 1)::
     DIR/
       format.json       what was built and how (written once; a resumed or parallel build
                         must agree with it): format, format_version, resolution, synth (backend
-                        name and options), anchors, neighbours, stride, window (frames per
-                        window = neighbours + 1), windows_per_shard, num_windows, num_shards,
-                        num_samples, clips (source of each clip), body_model, seed, camera
+                        name and settings, including body_model: "standin:<version>" or the
+                        SMPL-X folder), anchors, neighbours, stride, window (frames per window =
+                        neighbours + 1), windows_per_shard, num_windows, num_shards,
+                        num_samples, clips (source of each clip), seed, portraits (paths),
+                        image ("png-rgba8"), camera ({"view": "front", "normalization":
+                        "inference"})
       plan.npz          the selection: windows (num_windows, window) int64 rows of the
                         concatenated clips, anchors (num_windows,) int64 rows
       manifest.json     {"format_version", "completed": {"00003": {"samples": n,
                         "index_sha256": ...}, ...}}: the finished shards
+      contact_sheet.png samples with their COCO-17 skeletons drawn over (once complete)
       shards/
         shard-00000/    one finished shard (written as shards/.tmp-shard-00000-<host>-<pid>/,
                         then renamed: a shard folder is complete or absent)

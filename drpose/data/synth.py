@@ -169,9 +169,9 @@ class BodyPoser:
         norm = cameras.normalize_body(body.vertices)
         keypoints, visible = cameras.project_joints(
             body.joints[:, list(COCO17.indices)], FRONT_VIEW, size, normalization=norm)
-        matrices = cameras.world_to_clip(norm, FRONT_VIEW)
+        matrices = cameras.rows_top_down(cameras.world_to_clip(norm, FRONT_VIEW))
         pos = cameras.transform_points(body.vertices, matrices)[:, 0]
-        rast = cameras.rows_top_down(rasterize(pos.float().contiguous(), self.faces, size))
+        rast = rasterize(pos.float().contiguous(), self.faces, size)  # rows top-down
         covered = rast[..., 3] > 0
         normals = interpolate(vertex_normals(body.vertices, body.faces).float(), rast, self.faces)
         normals = torch.nn.functional.normalize(normals, dim=-1) * covered[..., None]
