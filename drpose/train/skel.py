@@ -1,0 +1,188 @@
+"""Stage ``skel``: trains g_skel (:class:`drpose.models.SkeletonNet`) and evaluates PoseScore.
+
+Pairs come from the multi-view renders (:mod:`drpose.data.multiview`): the VAE latents of each
+rendered view, normal and colour concatenated (``(V, 8, h, w)`` per object, scaled by the VAE's
+scaling factor exactly as :meth:`MultiViewPipeline.encode_latents` does) <-> the object's 23
+PoseScore joints projected by :func:`drpose.render.cameras.project_joints` into the views at the
+map size (through :meth:`drpose.reward.PoseScore.targets`, so training and reward agree). Loss:
+:func:`drpose.ops.pose_heatmap_loss` (BCE, batch mean). Training latents get Gaussian noise of
+std ``latent_noise`` (the reward sees predicted x0 of a diffusion model, not clean encodings).
+
+Evaluation on the held-out poses (written to ``<run_dir>/metrics.json``):
+
+* ``psnr``, ``ssim``: sigmoid of the predicted maps vs the target heatmaps, each map a grey
+  image, :func:`drpose.eval.metrics.image_metrics` over the (object, view) images with the 23
+  maps as channels (the paper reports 22.48 / 0.93 on THuman2.1 at its own resolution);
+* ``keypoint_error_px``: mean distance (map pixels) between the argmax of each map and the
+  projected joint, visible joints only; ``pck``: the fraction within ``pck_threshold`` x the map
+  side (default 0.1: 3.2 px on 32 px maps, about a tenth of the body's height, which fills 96% of
+  the map); ``pck_0.05`` at half that;
+* ``pair_accuracy``: over ordered pairs (i, j), i != j, of held-out objects, the fraction where
+  PoseScore(latents_i, joints_i) > PoseScore(latents_i, joints_j).
+
+The folder ``<run_dir>/skel`` holds the network (``save_pretrained``) and ``posescore.json``
+(sigma, views) for :func:`load_posescore`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+from drpose.data.multiview import MultiViewRenders
+from drpose.eval.metrics import image_metrics
+from drpose.models import SkeletonNet
+from drpose.ops import pose_heatmap_loss, render_heatmaps
+from drpose.render import cameras
+from drpose.reward import PoseScore
+from drpose.train import pretrain
+from drpose.train import vae as vae_stage
+from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
+
+SKEL_SUBFOLDER = "skel"
+POSESCORE_FILE = "posescore.json"
+
+
+@dataclass
+class SkelConfig:
+    """Options of the ``skel`` stage.
+
+    renders: render folder. vae: VAE folder (the pipeline's VAE: ``<pipeline>/vae`` or the
+    ``vae`` stage's output). batch_size: objects per step (x 6 views). sigma: heatmap sigma
+    (map pixels). channels, map_scale: :class:`SkeletonNet` widths and map side / latent side.
+    latent_noise: std of the training-latent noise. pck_threshold: PCK radius / map side.
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        name="skel", steps=300, lr=2e-3, checkpoint_every=100, log_every=20))
+    renders: str = "runs/cache/renders"
+    vae: str = "runs/cache/vae/vae"
+    batch_size: int = 4
+    sigma: float = 1.5
+    channels: tuple[int, int] = (48, 96)
+    map_scale: int = 2
+    latent_noise: float = 0.1
+    pck_threshold: float = 0.1
+
+
+@torch.no_grad()
+def view_latents(vae: AutoencoderKL, data: MultiViewRenders, chunk: int = 48) -> Tensor:
+    """``(N, V, 8, h, w)``: ``[normal | colour]`` latents of every view of ``data``:
+    ``vae.encode(2x - 1).latent_dist.mode() * scaling_factor`` (the pipeline's encoding)."""
+    normals, colours = data.views()
+    both = torch.stack([normals, colours], dim=2)  # (N, V, 2, 3, R, R)
+    flat = both.flatten(0, 2)
+    scale = vae.config.scaling_factor
+    latents = torch.cat([vae.encode(c * 2 - 1).latent_dist.mode() * scale
+                         for c in flat.split(chunk)])
+    return latents.unflatten(0, both.shape[:3]).flatten(2, 3)
+
+
+@torch.no_grad()
+def evaluate(reward: PoseScore, latents: Tensor, joints: Tensor,
+             normalization: cameras.BodyNormalization, pck_threshold: float = 0.1
+             ) -> dict[str, float]:
+    """Held-out metrics (module docstring) of ``reward`` on latents ``(M, V, 8, h, w)``, joints
+    ``(M, J, 3)`` world metres with their normalisation."""
+    logits = reward.logits(latents)  # (M, V, J, H, W)
+    size = tuple(logits.shape[-2:])
+    keypoints, visible = reward.targets(joints, size, normalization)
+    target = render_heatmaps(keypoints, visible, size=size, sigma=reward.sigma)
+    images = image_metrics(torch.sigmoid(logits).flatten(0, 1), target.flatten(0, 1))
+    width = size[1]
+    peak = logits.flatten(-2).argmax(dim=-1)
+    predicted = torch.stack([peak % width, peak // width], dim=-1).to(keypoints)
+    error = (predicted - keypoints).norm(dim=-1)[visible]
+    count = latents.shape[0]
+    scores = torch.stack([
+        -pose_heatmap_loss(logits[i].expand(count, -1, -1, -1, -1), keypoints, visible,
+                           sigma=reward.sigma, reduction="none", backend=reward.backend)
+        for i in range(count)])  # scores[i, j] = PoseScore(latents_i, joints_j)
+    own = scores.diagonal()[:, None]
+    off = ~torch.eye(count, dtype=torch.bool)
+    return {
+        "psnr": images["psnr"], "ssim": images["ssim"],
+        "keypoint_error_px": float(error.mean()),
+        "pck": float((error <= pck_threshold * width).float().mean()),
+        "pck_0.05": float((error <= 0.5 * pck_threshold * width).float().mean()),
+        "pair_accuracy": float((own > scores)[off].float().mean()),
+        "posescore_own": float(own.mean()), "posescore_other": float(scores[off].mean()),
+        "pairs": int(off.sum()),
+    }
+
+
+def run(config: SkelConfig, *, resume: bool = False) -> Path:
+    """Train g_skel; returns ``<run_dir>/skel`` (network + ``posescore.json``)."""
+    data = MultiViewRenders.load(config.renders)
+    vae = vae_stage.load_vae(config.vae)
+    train, held = data.subset("train"), data.subset("eval")
+    train_latents, held_latents = view_latents(vae, train), view_latents(vae, held)
+    torch.manual_seed(config.train.seed)
+    net = SkeletonNet(in_channels=train_latents.shape[2], channels=tuple(config.channels),
+                      map_scale=config.map_scale)
+    size = net.output_size(tuple(train_latents.shape[-2:]))
+    # the reward's projection gives the targets (g_skel's parameters are shared with net)
+    reward = PoseScore(net, sigma=config.sigma)
+    keypoints, visible = reward.targets(train.joints, size, train.normalization())
+    net.train().requires_grad_(True)
+    trainer = Trainer(config.train, net)
+    if resume:
+        trainer.resume()
+
+    def step(index: int) -> StepOutput:
+        generator = step_generator(config.train.seed, index)
+        objects = torch.randint(len(train), (config.batch_size,), generator=generator)
+        latents = train_latents[objects]
+        latents = latents + config.latent_noise * torch.randn(latents.shape, generator=generator)
+        logits = net(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
+        loss = pose_heatmap_loss(logits, keypoints[objects], visible[objects], sigma=config.sigma)
+        return StepOutput(loss)
+
+    last = trainer.fit(step)
+    trainer.close()
+    reward = PoseScore(net, sigma=config.sigma)
+    metrics = evaluate(reward, held_latents, held.joints, held.normalization(),
+                       config.pck_threshold)
+    out = config.train.run_dir / SKEL_SUBFOLDER
+    net.save_pretrained(out)
+    (out / POSESCORE_FILE).write_text(json.dumps(
+        {"sigma": config.sigma, "views": reward.views}, indent=1))
+    (config.train.run_dir / "metrics.json").write_text(json.dumps(
+        {**metrics, "train_loss": last.get("loss"), "map_size": list(size),
+         "config": asdict(config)}, indent=1, default=str))
+    return out
+
+
+def load_posescore(folder: str | Path, **options) -> PoseScore:
+    """The PoseScore of a ``skel`` output folder (g_skel + its sigma and views); ``options`` go
+    to :class:`PoseScore` (e.g. ``lpips=``, ``backend=``)."""
+    folder = Path(folder)
+    settings = json.loads((folder / POSESCORE_FILE).read_text())
+    net = SkeletonNet.from_pretrained(folder, local_files_only=True)
+    return PoseScore(net, views=settings["views"], sigma=settings["sigma"], **options)
+
+
+def default_config(cache_dir: str | Path) -> SkelConfig:
+    """The CPU default ``skel`` config, writing under ``cache_dir``."""
+    cache = Path(cache_dir)
+    config = SkelConfig(renders=str(cache / "renders"),
+                        vae=str(cache / "vae" / vae_stage.VAE_SUBFOLDER))
+    config.train.runs_dir = str(cache)
+    return config
+
+
+def ensure_default(cache_dir: str | Path) -> Path:
+    """The default g_skel folder under ``cache_dir`` (renders, VAE and g_skel built and cached
+    when missing); load it with :func:`load_posescore`."""
+    config = default_config(cache_dir)
+    out = config.train.run_dir / SKEL_SUBFOLDER
+    if not (out / pretrain.DONE_FILE).is_file():
+        pretrain.ensure_vae(cache_dir)
+        out = run(config)
+        (out / pretrain.DONE_FILE).write_text(json.dumps({"stage": "skel"}))
+    return out
