@@ -335,12 +335,11 @@ class DiffusersSynthesizer:
             raise FileNotFoundError(f"{folder}: no model_index.json; {DIFFUSERS_PIPELINE_HINT}")
         try:
             self.pipe = StableDiffusionControlNetPipeline.from_pretrained(
-                folder, local_files_only=True, torch_dtype=dtype, safety_checker=None,
-                requires_safety_checker=False)
+                folder, local_files_only=True, safety_checker=None, requires_safety_checker=False)
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"{folder}: cannot load the pipeline ({error}); "
                              f"{DIFFUSERS_PIPELINE_HINT}") from error
-        self.pipe.to(device)
+        self.pipe.to(device, dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.img2img = StableDiffusionControlNetImg2ImgPipeline(**self.pipe.components,
                                                                 requires_safety_checker=False)
