@@ -127,7 +127,7 @@ def build_renders(config: RenderConfig) -> Renders:
     body = posed_body(model, torch.from_numpy(poses.body_pose),
                       torch.from_numpy(poses.global_orient))
     norm = cameras.normalize_body(body.vertices)
-    matrices = cameras.world_to_clip(norm)  # (N, V, 4, 4)
+    matrices = cameras.rows_top_down(cameras.world_to_clip(norm))  # (N, V, 4, 4), rows down
     normals_world = vertex_normals(body.vertices, body.faces).float()
     lights = camera_light(config.light)  # (V, 3)
     size = (config.resolution, config.resolution)
@@ -140,7 +140,7 @@ def build_renders(config: RenderConfig) -> Renders:
         part[part == -2] = 3 if palette.long_trousers else 0  # BOTTOM / SKIN
         albedo_faces = colours[part]  # (F, 3)
         pos = cameras.transform_points(body.vertices[i:i + 1], matrices[i:i + 1])[0]
-        rast = cameras.rows_top_down(rasterize(pos.float().contiguous(), faces, size))
+        rast = rasterize(pos.float().contiguous(), faces, size)
         mask = (rast[..., 3:] > 0).float()  # (V, R, R, 1)
         n = interpolate(normals_world[i:i + 1], rast, faces)
         n = torch.nn.functional.normalize(n, dim=-1) * mask
