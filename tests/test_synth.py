@@ -95,6 +95,17 @@ def test_render_is_deterministic_per_seed(render, poses, frames):
     assert torch.equal(other.masks, frames.masks) and not torch.equal(other.images, frames.images)
 
 
+def test_batching_does_not_change_frames(render, poses, frames):
+    """Same frames up to float32 rounding (smplx's matmuls sum in another order per batch)."""
+    render.poser.batch_size = 2  # 3 frames: batches of 2 and 1
+    try:
+        again = render(poses, seed=7)
+        assert torch.equal(again.masks, frames.masks)
+        torch.testing.assert_close(again.images, frames.images, atol=1e-4, rtol=0)
+    finally:
+        render.poser.batch_size = 8
+
+
 def test_palette_is_seeded_and_in_range():
     a, b = Palette.random(3), Palette.random(3)
     assert np.array_equal(a.colours, b.colours) and a.long_sleeves == b.long_sleeves
