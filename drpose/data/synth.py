@@ -264,6 +264,7 @@ class RenderSynthesizer:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "resolution": self.resolution, "ambient": self.ambient,
                 "light": [round(float(x), 6) for x in self.light],
+                "batch_size": self.poser.batch_size,  # float rounding of posing depends on it
                 "body_model": self.poser.body_model()}
 
     def face_colours(self, palette: Palette) -> Tensor:
