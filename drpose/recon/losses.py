@@ -93,7 +93,9 @@ class RenderedViews:
 def render(vertices: Tensor, tri: Tensor, targets: ViewTargets) -> RenderedViews:
     """Project and rasterize (N, 3) box-unit vertices with (F, 3) int32 faces into the views."""
     clip = cameras.transform_points(vertices[None], targets.clip[None])[0]  # (V, N, 4)
-    rast = cameras.rows_top_down(rasterize(clip.contiguous(), tri, targets.foreground.shape[-2:]))
+    top_down = cameras.transform_points(vertices[None],
+                                        cameras.rows_top_down(targets.clip)[None])[0]
+    rast = rasterize(top_down.contiguous(), tri, targets.foreground.shape[-2:])
     return RenderedViews(ndc=clip[..., :2] / clip[..., 3:], rast=rast)
 
 

@@ -37,8 +37,9 @@ def render_mesh(vertices: Tensor, faces: Tensor, clip: Tensor, size: int,
     """Rasterize (N, 3) box-unit vertices, (F, 3) faces with (V, 4, 4) box -> clip matrices
     into V square images of side ``size``; ``colours``: (N, 3) per-vertex colours or None."""
     tri = faces.to(torch.int32).contiguous()
-    pos = cameras.transform_points(vertices[None].float(), clip[None])[0].contiguous()
-    rast = cameras.rows_top_down(rasterize(pos, tri, (size, size)))
+    top_down = cameras.rows_top_down(clip)
+    pos = cameras.transform_points(vertices[None].float(), top_down[None])[0].contiguous()
+    rast = rasterize(pos, tri, (size, size))
     covered = (rast[..., 3:] > 0).float()
     normals = vertex_normals(vertices[None].float(), faces.long())
     n = F.normalize(interpolate(normals, rast, tri), dim=-1) * covered

@@ -60,11 +60,12 @@ def project_colours(vertices: np.ndarray, faces: np.ndarray, views: ReconViews) 
         raise ValueError("project_colours: the views carry no colour images")
     verts = torch.as_tensor(vertices, dtype=torch.float32)
     tri = torch.as_tensor(faces, dtype=torch.int32).contiguous()
-    normals = torch.as_tensor(trimesh.Trimesh(vertices, faces, process=False).vertex_normals,
-                              dtype=torch.float32)
+    normals = torch.tensor(trimesh.Trimesh(vertices, faces, process=False).vertex_normals,
+                           dtype=torch.float32)
     h, w = views.size
     clip = cameras.transform_points(verts[None], box_to_clip()[None])[0]  # (V, N, 4)
-    rast = cameras.rows_top_down(rasterize(clip.contiguous(), tri, (h, w)))
+    top_down = cameras.transform_points(verts[None], cameras.rows_top_down(box_to_clip())[None])
+    rast = rasterize(top_down[0].contiguous(), tri, (h, w))
     grid = torch.stack([clip[..., 0], -clip[..., 1]], dim=-1)[:, None]  # (V, 1, N, 2), y down
 
     def sample(images: torch.Tensor, mode: str) -> torch.Tensor:  # (V, C, H, W) -> (V, N, C)

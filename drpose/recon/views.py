@@ -35,6 +35,9 @@ PSHUMAN_VIEW_WEIGHTS: tuple[float, ...] = (1.0, 0.4, 0.8, 1.0, 0.8, 0.4)
 NORMAL_BACKGROUND_DISTANCE = 0.15
 # Views whose mask covers less than this fraction of the image carry no usable silhouette.
 MIN_MASK_COVERAGE = 0.002
+# At elevation 0 every orthographic view spans the same rows as the front one; a view whose mask's
+# top or bottom row is off by more than this fraction of the image height is not of that body.
+ROW_EXTENT_TOLERANCE = 0.05
 
 
 @dataclass
@@ -105,8 +108,9 @@ def prepare_views(
             pixels of ``normal_maps`` farther than :data:`NORMAL_BACKGROUND_DISTANCE` from white.
         mirrored: the inputs follow the network's convention (views 3 and 4 mirrored); False when
             they already come from physical cameras.
-        view_weights: per-view loss weights; views whose mask covers less than
-            :data:`MIN_MASK_COVERAGE` of the image or all of it get weight 0.
+        view_weights: per-view loss weights. A view gets weight 0 when its mask covers less than
+            :data:`MIN_MASK_COVERAGE` of the image or all of it, or when its rows disagree with
+            the front view's (:func:`consistent_with_front`).
     """
     body = len(cameras.BODY_VIEWS)
     if normal_maps.dim() != 4 or normal_maps.shape[0] < body or normal_maps.shape[1] != 3:
@@ -128,8 +132,22 @@ def prepare_views(
     normals = F.normalize(normal_maps * 2 - 1, dim=1) * masks
     coverage = masks.mean(dim=(1, 2, 3))
     usable = (coverage >= MIN_MASK_COVERAGE) & (coverage < 1.0)
+    if usable[0]:
+        usable &= consistent_with_front(masks)
     weights = torch.tensor(view_weights, dtype=torch.float32) * usable.float()
     return ReconViews(normals=normals, masks=masks, colours=colours, weights=weights)
+
+
+def consistent_with_front(masks: Tensor, tolerance: float = ROW_EXTENT_TOLERANCE) -> Tensor:
+    """(V,) bool: the mask's top and bottom rows are within ``tolerance * H`` of view 0's (at
+    elevation 0 all orthographic views of one body span the same rows). masks: (V, 1, H, W)."""
+    h = masks.shape[-2]
+    rows = masks[:, 0].amax(dim=-1) > 0.5  # (V, H)
+    index = torch.arange(h, dtype=torch.float32)
+    top = torch.where(rows, index, float(h)).amin(dim=-1)
+    bottom = torch.where(rows, index, -1.0).amax(dim=-1)
+    off = torch.maximum((top - top[0]).abs(), (bottom - bottom[0]).abs())
+    return off <= tolerance * h
 
 
 def box_to_clip(dtype: torch.dtype = torch.float32, device=None) -> Tensor:
