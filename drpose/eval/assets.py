@@ -113,7 +113,7 @@ class RiggedAsset:
                 offset = self.rest_positions[k] - self.rest_positions[parent]
                 positions[k] = positions[parent] + rotations[parent] @ offset
         # Skinning transform of joint k: x -> R_k (x - rest_k) + posed_k.
-        per_joint = (np.einsum("kij,nkj->nki", rotations[self.skin_joints],
+        per_joint = (np.einsum("nkij,nkj->nki", rotations[self.skin_joints],
                                self.vertices[:, None] - self.rest_positions[self.skin_joints])
                      + positions[self.skin_joints])
         vertices = (self.skin_weights[..., None] * per_joint).sum(axis=1)

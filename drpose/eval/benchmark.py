@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,291 @@ def load_manifest(bench: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: manifest version {manifest.get('version')}, this drpose "
                          f"reads version {MANIFEST_VERSION}; rebuild the benchmark")
     return manifest
+
+
+# ---- running and scoring ----------------------------------------------------------------------
+
+
+@dataclass
+class Reconstruction:
+    """What a model produced for one case, in the front view's box units (the normalised
+    coordinates of the input image: ``p_box = (p_world - center) * scale``).
+
+    mesh: the reconstructed surface. joints: (22, 3) SMPL-X body joints of the fitted body, or
+    None. views: (6, 3, H, W) generated colour views in [0, 1] (network convention, views 3 and
+    4 mirrored), or None.
+    """
+
+    mesh: trimesh.Trimesh
+    joints: np.ndarray | None = None
+    views: Tensor | None = None
+
+
+Reconstructor = Callable[[Tensor, Tensor], Reconstruction]
+"""``reconstruct(image (3, R, R) in [0, 1] on white, mask (1, R, R)) -> Reconstruction``."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to benchmark: ``pipeline`` a MultiViewPipeline folder or ``"tiny"`` (random tiny
+    components, for tests and CPU runs), optional ``lora`` folder; ``name`` labels its rows."""
+
+    name: str
+    pipeline: str
+    lora: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``[NAME=]PIPELINE[+LORA]``; the name defaults to the folder's (or LoRA's) name."""
+        name, _, rest = text.rpartition("=")
+        pipeline, _, lora = rest.partition("+")
+        label = name or Path(lora or pipeline).name
+        return cls(name=label, pipeline=pipeline, lora=lora or None)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """align: alignment of predictions to the ground truth before the surface and normal
+    metrics (:mod:`drpose.eval.metrics`; predictions are first mapped from box units to world
+    metres with the case's front-view normalisation, which the input image determines up to
+    depth); n_points: surface samples; normal_size: normal image side; worst: cases shown in
+    ``worst_cases.png``; steps: denoising steps; recon: ``drpose.recon`` options (None:
+    defaults)."""
+
+    align: str = "bbox"
+    n_points: int = 100_000
+    normal_size: int = 512
+    worst: int = 3
+    steps: int = 40
+    seed: int = 0
+
+
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("chamfer_cm", "Chamfer (cm) ↓"), ("p2s_cm", "P2S (cm) ↓"), ("normal_error", "Normal ↓"),
+    ("pa_mpjpe_mm", "PA-MPJPE (mm) ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"))
+
+
+@dataclass
+class Case:
+    """A benchmark case read from disk (see the module docstring)."""
+
+    id: str
+    image: Tensor
+    mask: Tensor
+    gt: trimesh.Trimesh
+    joints: np.ndarray
+    normalization: cameras.BodyNormalization
+
+
+def load_case(bench: str | Path, entry: dict[str, Any]) -> Case:
+    root = Path(bench)
+    files = entry["files"]
+    image = torch.from_numpy(np.asarray(Image.open(root / files["image"]).convert("RGB"),
+                                        dtype=np.float32) / 255).permute(2, 0, 1)
+    mask = torch.from_numpy(np.asarray(Image.open(root / files["mask"]).convert("L"),
+                                       dtype=np.float32) / 255)[None]
+    with np.load(root / files["smplx"]) as data:
+        joints = data["joints"]
+        norm = cameras.BodyNormalization(
+            center=torch.from_numpy(data["camera_center"]).double()[None],
+            scale=torch.from_numpy(np.atleast_1d(data["camera_scale"])).double())
+    gt = trimesh.load(root / files["mesh"], force="mesh", process=False)
+    return Case(id=entry["id"], image=image, mask=mask, gt=gt, joints=joints,
+                normalization=norm)
+
+
+def box_to_world(points: np.ndarray, normalization: cameras.BodyNormalization) -> np.ndarray:
+    """(N, 3) box units -> world metres: ``p_world = p_box / scale + center``."""
+    return (points / float(normalization.scale[0])
+            + normalization.center[0].numpy())
+
+
+def gt_views(case: Case, size: int) -> Tensor:
+    """(6, 3, size, size) the ground truth's colour views as the pipeline outputs them."""
+    from drpose.recon import rig_views
+
+    gt = case.gt
+    box = torch.from_numpy(np.asarray(case.normalization.apply(
+        torch.from_numpy(np.asarray(gt.vertices, np.float64))[None])[0]))
+    colours = torch.from_numpy(np.asarray(gt.visual.vertex_colors)[:, :3] / 255.0)
+    return rig_views(box.float(), torch.from_numpy(np.asarray(gt.faces)), colours.float(),
+                     size)[1]
+
+
+def score_case(case: Case, result: Reconstruction, config: RunConfig) -> dict[str, Any]:
+    """Every metric of one case (module :mod:`drpose.eval.metrics`); missing ones are NaN."""
+    from drpose.eval.metrics import image_metrics, normal_error, pa_mpjpe, surface_metrics
+
+    pred = result.mesh.copy()
+    pred.vertices = box_to_world(np.asarray(pred.vertices), case.normalization)
+    row: dict[str, Any] = {"align": config.align}
+    row.update({k: v for k, v in surface_metrics(pred, case.gt, n_points=config.n_points,
+                                                 align=config.align, seed=config.seed).items()
+                if k != "align"})
+    row["normal_error"] = normal_error(pred, case.gt, size=config.normal_size,
+                                       align=config.align, seed=config.seed)["normal_error"]
+    row["pa_mpjpe_mm"] = row["psnr"] = row["ssim"] = float("nan")
+    present = np.isfinite(case.joints).all(axis=1)
+    if result.joints is not None and present.sum() >= 3:
+        joints = box_to_world(result.joints, case.normalization)
+        row["pa_mpjpe_mm"] = pa_mpjpe(joints[present][None],
+                                      case.joints[present][None])["pa_mpjpe_mm"]
+    if result.views is not None:
+        reference = gt_views(case, int(result.views.shape[-1]))
+        row.update(image_metrics(result.views.clamp(0, 1), reference))
+    return row
+
+
+def _result_path(out: Path, model: str, case_id: str) -> Path:
+    return out / "cases" / model / f"{case_id}.json"
+
+
+def run_benchmark(bench: str | Path, models: dict[str, Reconstructor], out: str | Path, *,
+                  config: RunConfig = RunConfig(), progress: bool = False) -> list[dict[str, Any]]:
+    """Reconstruct and score every case with every model; resumable.
+
+    ``models``: name -> :data:`Reconstructor`. Each finished case writes
+    ``out/cases/<model>/<case>.json`` (atomically) and ``<case>.ply`` (the mesh, box units); a
+    rerun skips cases whose JSON exists. Then writes ``results.csv``, ``results.md`` and
+    ``worst_cases.png`` (:func:`write_tables`, :func:`write_worst_cases`) and returns the rows
+    (one per model and case).
+    """
+    from tqdm import tqdm
+
+    manifest = load_manifest(bench)
+    out = Path(out)
+    entries = manifest["cases"]
+    jobs = [(name, entry) for name in models for entry in entries]
+    rows = []
+    for name, entry in tqdm(jobs, desc="benchmark", disable=not progress):
+        path = _result_path(out, name, entry["id"])
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+            continue
+        case = load_case(bench, entry)
+        result = models[name](case.image, case.mask)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(path.with_suffix(".ply"), result.mesh.export(file_type="ply"))
+        row = {"model": name, "case": case.id, **score_case(case, result, config)}
+        write_json(path, row)
+        rows.append(row)
+    write_tables(rows, out, models=list(models), config=config)
+    write_worst_cases(bench, rows, out, models=list(models), count=config.worst)
+    return rows
+
+
+def _fmt(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{value:.4g}"
+
+
+def write_tables(rows: list[dict[str, Any]], out: str | Path, *, models: list[str],
+                 config: RunConfig) -> None:
+    """``results.csv`` (one line per model and case, then one ``mean`` line per model) and
+    ``results.md``: the paper's layout (methods as rows, metrics as columns, means over cases),
+    then a per-case table (case x model rows). Means ignore NaN (metrics a model lacks)."""
+    import csv
+    import io
+
+    out = Path(out)
+    keys = [k for k, _ in METRIC_COLUMNS]
+    means = {}
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        means[model] = {k: (float(np.nanmean(values)) if np.isfinite(
+            values := np.array([r[k] for r in mine], float)).any() else float("nan"))
+            for k in keys}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["model", "case", *keys, "align"])
+    for r in rows:
+        writer.writerow([r["model"], r["case"], *(r[k] for k in keys), r["align"]])
+    for model in models:
+        writer.writerow([model, "mean", *(means[model][k] for k in keys), config.align])
+    _atomic_write_bytes(out / "results.csv", text.getvalue().encode())
+    header = "| method | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |"
+    rule = "|---|" + "---|" * len(METRIC_COLUMNS)
+    cases = sorted({r["case"] for r in rows})
+    lines = [f"# MixamoRP-style benchmark ({len(cases)} cases)", "",
+             f"Alignment before surface and normal metrics: `{config.align}` "
+             f"({config.n_points} surface points, normal images {config.normal_size}²).", "",
+             header, rule]
+    lines += [f"| {m} | " + " | ".join(_fmt(means[m][k]) for k in keys) + " |" for m in models]
+    lines += ["", "## Per case", "", header.replace("| method |", "| case | method |"),
+              "|---" + rule]
+    for case in cases:
+        for r in rows:
+            if r["case"] == case:
+                lines.append(f"| {case} | {r['model']} | "
+                             + " | ".join(_fmt(r[k]) for k in keys) + " |")
+    _atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
+
+
+def write_worst_cases(bench: str | Path, rows: list[dict[str, Any]], out: str | Path, *,
+                      models: list[str], count: int = 3, size: int = 256) -> Path:
+    """``worst_cases.png``: the ``count`` cases of highest Chamfer distance (mean over models),
+    one row each: input | ground truth | each model's mesh (front renders, Lambert-shaded)."""
+    from drpose.recon import turntable
+    from drpose.render.conditions import save_view_grid
+
+    out = Path(out)
+    manifest = load_manifest(bench)
+    chamfer: dict[str, list[float]] = {}
+    for r in rows:
+        chamfer.setdefault(r["case"], []).append(r["chamfer_cm"])
+    worst = sorted(chamfer, key=lambda c: -np.mean(chamfer[c]))[:count]
+    entries = {e["id"]: e for e in manifest["cases"]}
+    tiles = []
+    for case_id in worst:
+        case = load_case(bench, entries[case_id])
+        image = torch.nn.functional.interpolate(case.image[None], size=(size, size),
+                                                mode="bilinear", antialias=True)[0]
+        row = [image]
+        box = case.normalization.apply(torch.from_numpy(np.asarray(case.gt.vertices))[None])[0]
+        meshes = [(box.float(), torch.from_numpy(np.asarray(case.gt.faces)))]
+        for model in models:
+            pred = trimesh.load(_result_path(out, model, case_id).with_suffix(".ply"),
+                                force="mesh", process=False)
+            meshes.append((torch.from_numpy(np.asarray(pred.vertices)).float(),
+                           torch.from_numpy(np.asarray(pred.faces))))
+        row += [turntable(v, f, None, size, azimuths=1)[0] for v, f in meshes]
+        tiles.append(torch.stack(row))
+    return save_view_grid(torch.stack(tiles), out / "worst_cases.png")
+
+
+def pipeline_reconstructor(spec: ModelSpec, config: RunConfig = RunConfig(),
+                           recon: Any = None) -> Reconstructor:
+    """The real :data:`Reconstructor`: :class:`drpose.pipelines.MultiViewPipeline` (``"tiny"``
+    or a local folder; a LoRA folder is a peft adapter of the UNet, merged) generates the views
+    from the input resized to the VAE's sample size, :func:`drpose.recon.reconstruct` carves
+    them (``recon``: a :class:`drpose.recon.ReconConfig`, None: its defaults)."""
+    from drpose.pipelines import MultiViewPipeline
+    from drpose.recon import ReconConfig, prepare_views, reconstruct
+
+    pipe = (MultiViewPipeline.tiny(seed=config.seed) if spec.pipeline == "tiny"
+            else MultiViewPipeline.from_pretrained(spec.pipeline))
+    if spec.lora is not None:
+        from peft import PeftModel
+
+        pipe.unet = PeftModel.from_pretrained(pipe.unet, spec.lora).merge_and_unload()
+    body = load_smplx()
+    recon = recon or ReconConfig()
+    side = int(pipe.vae.config.sample_size)
+
+    @torch.no_grad()
+    def run(image: Tensor, mask: Tensor) -> Reconstruction:
+        del mask  # the input is composited on white; the pipeline sees the image only
+        small = torch.nn.functional.interpolate(image[None], size=(side, side),
+                                                mode="bilinear", antialias=True).clamp(0, 1)
+        generator = torch.Generator().manual_seed(config.seed)
+        output = pipe(small, num_inference_steps=config.steps, generator=generator)
+        views = prepare_views(output.normals[0], output.colours[0])
+        with torch.enable_grad():
+            result = reconstruct(views, body, recon)
+        fit = result.fit
+        joints = posed_body(body, fit.body_pose, fit.global_orient, betas=fit.betas).joints
+        joints = ((joints[0, :NUM_BODY_JOINTS] - fit.rest_centre) * fit.scale
+                  + fit.translation)
+        return Reconstruction(mesh=result.mesh, joints=joints.double().numpy(),
+                              views=output.colours[0, :6].float())
+
+    return run
