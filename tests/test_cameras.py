@@ -2,16 +2,14 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from pshuman_reference import REFERENCE as PSHUMAN
 
 from drpose.render import cameras
 
-REFERENCE = Path("/work/shared/reference/pshuman_views.json")
-if not REFERENCE.exists():  # the repository copy, when the shared folder is absent
-    REFERENCE = Path(__file__).parent / "data" / "pshuman_views.json"
+REFERENCE = PSHUMAN / "pshuman_views.json"
 
 
 def _box_vertices(lo, hi) -> torch.Tensor:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
+from pshuman_reference import REFERENCE
 from safetensors.torch import save_file
 
 from drpose.models import MultiViewUNet, configs
@@ -25,9 +26,6 @@ from drpose.models.attention_processors import (
     fuse_face_view,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.is_dir():  # the checkout may live elsewhere than beside shared/
-    REFERENCE = Path("/work/shared/reference")
 PSHUMAN_PARAMETERS = 919_783_684
 PSHUMAN_PARAMETERS_12CH = 919_795_204
 VIEWS, BODY = 7, 6

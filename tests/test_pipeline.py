@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pshuman_reference import REFERENCE
 
 from drpose.pipelines import MultiViewPipeline
 from drpose.pipelines.multiview import PSHUMAN_DDIM, face_crop
@@ -234,12 +235,11 @@ def test_scheduler_must_agree_with_checkpoint_prediction_type(pipe):
 
 def test_scheduler_is_pshumans():
     import json
-    from pathlib import Path
 
     from diffusers import DDIMScheduler
 
     reference = json.loads(
-        (Path("/work/shared/reference") / "pshuman_scheduler_and_pipeline.json").read_text()
+        (REFERENCE / "pshuman_scheduler_and_pipeline.json").read_text()
     )["noise_scheduler_inference"]
     scheduler = DDIMScheduler(**PSHUMAN_DDIM, prediction_type="epsilon")
     torch.testing.assert_close(
