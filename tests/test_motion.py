@@ -349,3 +349,25 @@ def test_fit_real_bvh_limbs_within_centimetres(clip, skeleton):
         part in k for part in ("knee", "ankle", "elbow", "wrist"))]  # fmt: skip
     # Rigs place joints differently; limbs still land within a few centimetres.
     assert np.mean(limbs) < 45.0 and report.mean_mm < 60.0
+
+
+def test_kabsch_recovers_a_rotation():
+    from drpose.data.bvh_fit import kabsch
+
+    generator = torch.Generator().manual_seed(4)
+    source = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    rotation = torch.from_numpy(Rotation.random(2, random_state=4).as_matrix())
+    target = source @ rotation.transpose(1, 2) + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(kabsch(source, target, torch.ones(6, dtype=torch.float64)), rotation)
+
+
+def test_skeleton_maps_are_detected_by_joint_names():
+    from drpose.data.bvh_skeletons import SKELETON_MAPS, match_skeleton
+
+    for name, pairs in SKELETON_MAPS.items():
+        prefix = "mixamorig:" if name == "mixamo" else ""
+        names = ["Extra", *(prefix + bvh for bvh, _, _ in pairs)]
+        detected, index = match_skeleton(names)
+        assert detected == name and min(index.values()) == 1
+    with pytest.raises(ValueError, match=r"cmu: missing .*Neck1.*pass joint_map="):
+        match_skeleton(["Hips", "Spine", "Head"])

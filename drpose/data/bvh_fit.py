@@ -13,8 +13,8 @@ Pipeline (:func:`fit_bvh`):
    (:func:`fit_joints`): global orientation and translation start from a Kabsch alignment of the
    mapped torso joints, the body pose from the previous chunk's last frame (zeros for the first
    chunk). Then every frame, started from the key frames' interpolation (slerp per joint), is
-   refined with ``refine_iterations``. L-BFGS (strong Wolfe line search)
-   over the whole chunk minimises
+   refined with ``refine_iterations``. Each step runs L-BFGS (strong Wolfe line search) over
+   the whole chunk on
 
        sum_k w_k |J_k(θ) - s·P_k|² / sum_k w_k                      (data, per frame, m²)
        + pose_weight · |body_pose|²                                   (pose prior: towards rest)
