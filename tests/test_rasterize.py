@@ -2,12 +2,14 @@
 independent ray caster (trimesh + embree), gradients against autograd and finite differences."""
 
 import math
+import warnings
 
 import pytest
 import torch
 import trimesh
 
 from drpose import _extension
+from drpose.body import StandInModelWarning, load_smplx, posed_body
 from drpose.ops.rasterize import (
     _rasterize_op,
     interpolate,
@@ -15,6 +17,7 @@ from drpose.ops.rasterize import (
     rasterize,
     rasterize_reference,
 )
+from drpose.render import cameras
 
 needs_ext = pytest.mark.skipif(_extension.load() is None, reason="drpose._C is not built")
 
@@ -114,15 +117,10 @@ def _ray_cast(mesh: trimesh.Trimesh, clip: torch.Tensor, size, perspective: bool
     return ids.reshape(h, w), depth.reshape(h, w)
 
 
-@needs_ext
-@pytest.mark.parametrize("perspective", [False, True])
-@pytest.mark.parametrize("name", ["icosphere", "capsule", "torus"])
-def test_cpu_matches_embree_ray_casting(name, perspective):
-    # Perspective: triangles are flat in NDC too (z/w is affine in screen space), so the NDC mesh
-    # cast orthographically is the exact independent answer for ids and z/w.
-    mesh = _meshes()[name]
-    size = (96, 80)
-    clip, tri = _mesh_clip(mesh, 2, perspective)
+def _compare_with_ray_casting(mesh: trimesh.Trimesh, clip: torch.Tensor, tri: torch.Tensor,
+                              size, perspective: bool) -> tuple[int, int]:
+    """Check the C++ kernel's images of ``clip`` (N, V, 4) against embree; returns the number of
+    pixels covered by either and the number whose triangle ids differ."""
     rast = rasterize(clip.float(), tri, size, backend="cpu")
     n_pixels = n_mismatch = 0
     for i in range(clip.shape[0]):
@@ -142,8 +140,36 @@ def test_cpu_matches_embree_ray_casting(name, perspective):
         if (mismatch & (ids < 0)).any():  # embree hit, we did not: our nearest edge is there too
             ours_near = _reference_edge_distance(clip[i], tri, size, ids_ray, mismatch & (ids < 0))
             assert (ours_near < 1e-4).all()
+    return n_pixels, n_mismatch
+
+
+@needs_ext
+@pytest.mark.parametrize("perspective", [False, True])
+@pytest.mark.parametrize("name", ["icosphere", "capsule", "torus"])
+def test_cpu_matches_embree_ray_casting(name, perspective):
+    # Perspective: triangles are flat in NDC too (z/w is affine in screen space), so the NDC mesh
+    # cast orthographically is the exact independent answer for ids and z/w.
+    mesh = _meshes()[name]
+    size = (96, 80)
+    clip, tri = _mesh_clip(mesh, 2, perspective)
+    n_pixels, n_mismatch = _compare_with_ray_casting(mesh, clip, tri, size, perspective)
     assert n_pixels > 0.15 * clip.shape[0] * size[0] * size[1]
     assert n_mismatch / n_pixels < 2e-3  # measured: 0 of 273K covered pixels at 256², all cases
+
+
+@needs_ext
+def test_cpu_matches_embree_on_the_body_in_the_rig():
+    """The stand-in SMPL-X body (20,908 triangles) in PSHuman's 6 orthographic views."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StandInModelWarning)
+        body = posed_body(load_smplx(), torch.zeros(1, 63))
+    matrices = cameras.world_to_clip(cameras.normalize_body(body.vertices))
+    clip = cameras.transform_points(body.vertices, matrices)[0].double()  # (6, N, 4), w = 1
+    mesh = trimesh.Trimesh(body.vertices[0].numpy(), body.faces.numpy(), process=False)
+    n_pixels, n_mismatch = _compare_with_ray_casting(mesh, clip, body.faces.to(torch.int32),
+                                                     (128, 128), perspective=False)
+    assert n_pixels > 10_000
+    assert n_mismatch / n_pixels < 2e-3  # measured: 0 of 12K (128²) and of 48K (256²) pixels
 
 
 def _reference_edge_distance(clip, tri, size, ids_ray, where):
