@@ -126,7 +126,9 @@ def normalize_body(
     silhouette box that PSHuman's inference crop centres). The scale is, for ``"inference"``,
     ``crop_fraction * ORTHO_SCALE / max(box width x, box height y)`` (the front-view silhouette's
     longer side fills ``crop_fraction`` of the image) and, for ``"training"``,
-    ``1 / |box diagonal|``.
+    ``1 / |box diagonal|``. ``"inference"`` looks at the front view only (as PSHuman's crop
+    does): a body much deeper along z than it is wide or tall (lying towards the camera) can then
+    overflow the side views and the near/far planes, where it is clipped.
     """
     if vertices.dim() != 3 or vertices.shape[-1] != 3 or vertices.shape[1] == 0:
         raise ValueError(f"vertices: expected shape (B, N>0, 3), got {tuple(vertices.shape)}")
