@@ -181,4 +181,4 @@ def view_losses(vertices: Tensor, tri: Tensor, targets: ViewTargets,
     }
     w = targets.weights / targets.weights.sum().clamp(min=1e-8)
     total = sum(getattr(weights, name) * (w * value).sum() for name, value in parts.items())
-    return total, {name: float((w * value).sum()) for name, value in parts.items()}
+    return total, {name: float((w * value.detach()).sum()) for name, value in parts.items()}

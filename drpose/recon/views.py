@@ -33,8 +33,10 @@ PSHUMAN_VIEW_WEIGHTS: tuple[float, ...] = (1.0, 0.4, 0.8, 1.0, 0.8, 0.4)
 # A pixel of a normal map is foreground when its colour is farther than this from the white
 # background; a unit normal's colour n/2 + 1/2 is at least (sqrt(3) - 1)/2 = 0.37 from white.
 NORMAL_BACKGROUND_DISTANCE = 0.15
-# Views whose mask covers less than this fraction of the image carry no usable silhouette.
+# A usable view's mask covers at least MIN and at most MAX of the image: a person framed as
+# PSHuman does covers roughly 10-30% (wide poses more), never most of the square.
 MIN_MASK_COVERAGE = 0.002
+MAX_MASK_COVERAGE = 0.6
 # At elevation 0 every orthographic view spans the same rows as the front one; a view whose mask's
 # top or bottom row is off by more than this fraction of the image height is not of that body.
 ROW_EXTENT_TOLERANCE = 0.05
@@ -109,7 +111,8 @@ def prepare_views(
         mirrored: the inputs follow the network's convention (views 3 and 4 mirrored); False when
             they already come from physical cameras.
         view_weights: per-view loss weights. A view gets weight 0 when its mask covers less than
-            :data:`MIN_MASK_COVERAGE` of the image or all of it, or when its rows disagree with
+            :data:`MIN_MASK_COVERAGE` or more than :data:`MAX_MASK_COVERAGE` of the image (not a
+            person's silhouette), or when its rows disagree with
             the front view's (:func:`consistent_with_front`).
     """
     body = len(cameras.BODY_VIEWS)
@@ -131,7 +134,7 @@ def prepare_views(
         colours = None if colours is None else unmirror(colours)
     normals = F.normalize(normal_maps * 2 - 1, dim=1) * masks
     coverage = masks.mean(dim=(1, 2, 3))
-    usable = (coverage >= MIN_MASK_COVERAGE) & (coverage < 1.0)
+    usable = (coverage >= MIN_MASK_COVERAGE) & (coverage <= MAX_MASK_COVERAGE)
     if usable[0]:
         usable &= consistent_with_front(masks)
     weights = torch.tensor(view_weights, dtype=torch.float32) * usable.float()
