@@ -11,8 +11,9 @@ import pytest
 from drpose.data.multiview import RenderConfig, load_or_build
 from drpose.train.engine import TrainConfig
 
-# 32 px renders (latents 8 x 8 with the factor-4 VAE), 24 poses: 20 train, 4 held out.
-TINY_RENDERS = RenderConfig(num_poses=24, resolution=32, held_out=6)
+# 32 px renders (latents 8 x 8 with the factor-4 VAE), 30 poses: 20 train, 10 held out.
+TINY_RENDERS = RenderConfig(num_poses=30, resolution=32, held_out=3)
+SKEL_STEPS = 250
 
 
 def tiny_train(name: str, root: Path, steps: int, **options) -> TrainConfig:
@@ -37,3 +38,16 @@ def tiny_vae(tiny_renders) -> Path:
     config = vae.VAEConfig(train=tiny_train("vae", tiny_renders.parent, 30, lr=2e-3),
                            renders=str(tiny_renders))
     return vae.run(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_skel(tiny_renders, tiny_vae) -> tuple[Path, dict]:
+    """g_skel trained briefly on the tiny renders: (folder, metrics)."""
+    import json
+
+    from drpose.train import skel
+
+    config = skel.SkelConfig(train=tiny_train("skel", tiny_renders.parent, SKEL_STEPS, lr=3e-3),
+                             renders=str(tiny_renders), vae=str(tiny_vae), batch_size=4)
+    folder = skel.run(config)
+    return folder, json.loads((config.train.run_dir / "metrics.json").read_text())

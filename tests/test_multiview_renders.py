@@ -73,7 +73,7 @@ def test_splits_partition_and_normalized_joints(data):
     train, held = data.subset("train"), data.subset("eval")
     assert len(train) + len(held) == len(data)
     assert set(train.indices).isdisjoint(held.indices)
-    assert list(held.indices) == [i for i in range(len(data)) if i % 6 == 5]
+    assert list(held.indices) == [i for i in range(len(data)) if i % 3 == 2]
     normalized = data.normalized_joints(slice(0, 3))
     expected = (data.joints[:3] - data.center[:3, None]) * data.scale[:3, None, None]
     torch.testing.assert_close(normalized, expected)

@@ -72,7 +72,8 @@ def reconstruction_loss(vae: AutoencoderKL, images: Tensor, generator: torch.Gen
     l1 = (recon - x).abs().mean()
     mse = F.mse_loss(recon, x)
     kl = posterior.kl().mean() / z[0].numel()
-    return l1 + mse + kl_weight * kl, {"l1": float(l1), "mse": float(mse), "kl": float(kl)}
+    metrics = {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    return l1 + mse + kl_weight * kl, metrics
 
 
 @torch.no_grad()

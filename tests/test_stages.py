@@ -1,0 +1,117 @@
+"""The stages before the reward loop, end to end on tiny renders for a few steps."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from drpose.data.multiview import MultiViewRenders
+from drpose.pipelines.multiview import MultiViewPipeline
+from drpose.reward import PoseScore, latents_from_rows
+from drpose.train import pretrain, skel
+from drpose.train.engine import TrainConfig
+from drpose.train.vae import load_vae
+
+
+def test_vae_stage(tiny_vae):
+    vae = load_vae(tiny_vae)
+    assert not any(p.requires_grad for p in vae.parameters())
+    assert vae.config.scaling_factor != 1.0
+    metrics = json.loads((tiny_vae.parent / "metrics.json").read_text())
+    assert metrics["eval_psnr"] > 10  # 30 steps: well above a blank image's PSNR
+    latents = vae.encode(torch.rand(2, 3, 32, 32)).latent_dist.mode()
+    assert latents.shape == (2, 4, 8, 8)  # factor 4
+
+
+@pytest.mark.parametrize("prediction_type,ema", [("v_prediction", 0.9), ("epsilon", None)])
+def test_pretrain_stage_writes_a_loadable_pipeline(tiny_renders, tiny_vae, prediction_type, ema):
+    config = pretrain.PretrainConfig(
+        train=TrainConfig(name=f"pretrain_{prediction_type}", runs_dir=str(tiny_renders.parent),
+                          steps=2, progress=False, checkpoint_every=2),
+        renders=str(tiny_renders), vae=str(tiny_vae), prediction_type=prediction_type,
+        ema_decay=ema)
+    folder = pretrain.run(config)
+    assert (config.train.run_dir / "checkpoints" / "latest").is_file()
+    metrics = json.loads((config.train.run_dir / "metrics.json").read_text())
+    assert metrics["eval_mse"] > 0 and metrics["skipped_steps"] == 0
+    pipe = MultiViewPipeline.from_pretrained(folder)
+    assert pipe.views == 6 and not pipe.unet.config.face_view
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    image = MultiViewRenders.load(tiny_renders).images(slice(0, 1))
+    out = pipe(image, num_inference_steps=2, decode=False,
+               generator=torch.Generator().manual_seed(0))
+    assert out.normal_latents.shape == out.colour_latents.shape == (1, 6, 4, 8, 8)
+
+
+def test_encoded_batch_uses_the_pipeline_row_layout(tiny_renders, tiny_vae):
+    pipe = pretrain.tiny_pipeline(tiny_vae, "epsilon")
+    data = MultiViewRenders.load(tiny_renders).subset("train")
+    encoded = pretrain.encode_renders(pipe, data, chunk=3)
+    cond, x0 = encoded.batch(torch.tensor([4, 1]), pipe.views)
+    assert x0.shape == (2 * 2 * 6, 4, 8, 8) and cond.rows == 12
+    normals, colours = data.views(torch.tensor([4, 1]))
+    with torch.no_grad():
+        expected_normals = pipe.encode_latents(normals.flatten(0, 1))
+        expected_colours = pipe.encode_latents(colours.flatten(0, 1))
+        expected_image = pipe.encode_latents(data.images(torch.tensor([4, 1])))
+    torch.testing.assert_close(x0[:12], expected_normals, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(x0[12:], expected_colours, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cond.image_latents[:6], expected_image[:1].expand(6, -1, -1, -1),
+                               atol=1e-5, rtol=1e-4)
+    # the same rows make PoseScore's layout: object 0's view 2 = (normal, colour) of view 2
+    layout = latents_from_rows(x0, pipe.views)
+    torch.testing.assert_close(layout[0, 2], torch.cat([x0[2], x0[12 + 2]]))
+
+
+def test_condition_dropout_drops_image_latents_and_labels_together(tiny_vae):
+    pipe = pretrain.tiny_pipeline(tiny_vae, "epsilon")
+    cond = pipe.encode_condition(torch.rand(2, 3, 32, 32))
+    keep = torch.tensor([True] * 6 + [False] * 6)
+    dropped = pretrain.drop_conditions(cond, keep)
+    assert torch.equal(dropped.image_latents[:6], cond.image_latents[:6])
+    assert torch.equal(dropped.class_labels[:6], cond.class_labels[:6])
+    assert not dropped.image_latents[6:].any() and not dropped.class_labels[6:].any()
+    assert torch.equal(dropped.prompt_embeds, cond.prompt_embeds)
+
+
+def test_min_snr_weights():
+    scheduler = DDIMScheduler(**pretrain.PSHUMAN_DDIM, prediction_type="epsilon")
+    t = torch.tensor([0, 100, 500, 999])
+    alpha = scheduler.alphas_cumprod[t]
+    snr = alpha / (1 - alpha)
+    weights = pretrain.snr_weights(scheduler, t, 5.0)
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert weights[0] < 1 and weights[-1] == 1  # low noise down-weighted, high noise kept
+    scheduler.register_to_config(prediction_type="v_prediction")
+    torch.testing.assert_close(pretrain.snr_weights(scheduler, t, 5.0),
+                               torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    assert torch.equal(pretrain.snr_weights(scheduler, t, None), torch.ones(4))
+
+
+def test_skel_stage_metrics_and_posescore(tiny_skel, tiny_renders):
+    folder, metrics = tiny_skel
+    for key in ("psnr", "ssim", "pck", "pair_accuracy", "keypoint_error_px"):
+        assert key in metrics
+    assert 0 <= metrics["ssim"] <= 1 and 0 <= metrics["pck"] <= 1
+    reward = skel.load_posescore(folder)
+    assert isinstance(reward, PoseScore) and reward.sigma == 1.5
+    data = MultiViewRenders.load(tiny_renders)
+    latents = skel.view_latents(load_vae(tiny_renders.parent / "vae" / "vae"), data.subset("eval"))
+    score = reward(latents[:2], data.subset("eval").joints[:2],
+                   data.subset("eval").normalization(slice(0, 2)))
+    assert score.shape == (2,) and torch.all(score < 0)
+
+
+def test_ensure_default_reuses_finished_stages(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for stage in ("pipeline", "skel"):
+        folder = tmp_path / ("pretrain" if stage == "pipeline" else "skel") / stage
+        folder.mkdir(parents=True)
+        (folder / pretrain.DONE_FILE).write_text("{}")
+    monkeypatch.setattr(pretrain, "run", must_not_run)
+    monkeypatch.setattr(skel, "run", must_not_run)
+    assert pretrain.ensure_default(tmp_path) == tmp_path / "pretrain" / "pipeline"
+    assert skel.ensure_default(tmp_path) == tmp_path / "skel" / "skel"
