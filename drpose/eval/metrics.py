@@ -347,9 +347,9 @@ def render_normals(mesh: trimesh.Trimesh, normalization: cameras.BodyNormalizati
     vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64)[None]
     faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.int64)
     tri = faces.to(torch.int32).contiguous()
-    matrices = cameras.world_to_clip(normalization, views, mirror=False)  # (1, V, 4, 4)
+    matrices = cameras.rows_top_down(cameras.world_to_clip(normalization, views, mirror=False))
     pos = cameras.transform_points(vertices, matrices)[0].float().contiguous()  # (V, N, 4)
-    rast = cameras.rows_top_down(rasterize(pos, tri, (size, size), backend=backend))
+    rast = rasterize(pos, tri, (size, size), backend=backend)
     covered = (rast[..., 3:] > 0).float()
     normals = interpolate(vertex_normals(vertices, faces).float(), rast, tri)
     normals = torch.nn.functional.normalize(normals, dim=-1) * covered
