@@ -123,5 +123,5 @@ def fit_smplx_to_views(
     return FitResult(
         vertices=vertices, faces=faces, body_pose=body_pose.detach(),
         global_orient=global_orient.detach(), betas=betas.detach(),
-        scale=float(log_scale.exp()), translation=translation.detach(),
+        scale=float(log_scale.detach().exp()), translation=translation.detach(),
         rest_centre=rest_centre, losses=parts)

@@ -1,0 +1,84 @@
+"""python -m drpose.infer: matting, PSHuman framing, and the CLI writing every output file."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from scipy import ndimage
+
+from drpose import infer
+from drpose.body import load_smplx, posed_body
+from drpose.recon import rig_views
+from drpose.render import cameras
+
+BACKGROUND = np.array([0.2, 0.5, 0.3], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """(image (96, 96, 3) on a green background, the person's mask): the stand-in body's front
+    view, skin-coloured."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_smplx()
+    out = posed_body(model, torch.zeros(1, 63))
+    vertices = cameras.normalize_body(out.vertices).apply(out.vertices)[0]
+    skin = torch.tensor([0.8, 0.5, 0.35]).expand(vertices.shape[0], 3)
+    _, colours = rig_views(vertices, out.faces, skin, 96)
+    image = colours[0].permute(1, 2, 0).numpy()
+    mask = np.abs(image - 1).sum(-1) > 1e-3
+    return np.where(mask[..., None], image, BACKGROUND).astype(np.float32), mask
+
+
+def test_border_colour_matting_recovers_the_mask(photo):
+    image, mask = photo
+    found = infer.matte_by_border_colour(image)
+    iou = (found & mask).sum() / (found | mask).sum()
+    assert iou > 0.97
+
+
+def test_person_mask_prefers_mask_file_then_alpha(photo, tmp_path):
+    image, mask = photo
+    pixels = (image * 255).astype(np.uint8)
+    given = np.zeros_like(mask)
+    given[10:20, 10:20] = True
+    Image.fromarray(given.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    rgb = Image.fromarray(pixels)
+    assert np.array_equal(infer.person_mask(rgb, tmp_path / "mask.png"), given)
+    rgba = Image.fromarray(np.dstack([pixels, given.astype(np.uint8) * 255]))
+    assert np.array_equal(infer.person_mask(rgba, None), given)
+
+
+def test_framing_follows_pshuman(photo):
+    image, mask = photo
+    framed, framed_mask = infer.frame_person(image, mask, 64)
+    rows, cols = np.nonzero(framed_mask)
+    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    assert abs(extent - cameras.INFERENCE_CROP_FRACTION * 64) <= 1.5  # 740/768 of the side
+    assert abs((rows.max() + rows.min()) / 2 - 31.5) <= 1 and abs(
+        (cols.max() + cols.min()) / 2 - 31.5) <= 1
+    away = ~ndimage.binary_dilation(framed_mask, iterations=2)
+    assert np.array_equal(framed[away], np.ones_like(framed[away]))  # composited on white
+
+
+def test_cli_writes_every_output(photo, tmp_path, capsys):
+    image, _ = photo
+    path = tmp_path / "person.png"
+    Image.fromarray((image * 255).astype(np.uint8)).save(path)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="RANDOM-INIT"):
+        seconds = infer.main([str(path), "--out", str(out), "--steps", "2", "--resolution",
+                              "48", "--fit-iters", "5", "--carve-iters", "4",
+                              "--poisson-depth", "6"])
+    for name in ("views.png", "mesh.obj", "mesh.glb", "turntable.png"):
+        assert (out / name).stat().st_size > 0, name
+    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    assert len(mesh.faces) > 100 and mesh.visual.kind == "vertex"
+    assert Image.open(out / "turntable.png").size[0] > 8 * infer.TURNTABLE_SIZE
+    assert set(seconds) == {"matting", "generation", "reconstruction", "export"}
+    assert "reconstruction" in capsys.readouterr().out
