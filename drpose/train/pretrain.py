@@ -83,6 +83,9 @@ class PretrainConfig:
                              f"{self.prediction_type!r}")
 
 
+Config = PretrainConfig  # the stage's config for ``python -m drpose.train pretrain``
+
+
 def tiny_pipeline(vae_folder: str | Path, prediction_type: str, seed: int = 0) -> MultiViewPipeline:
     """The CPU default pipeline: tiny UNet (6 views, no face view) at the VAE's latent size, the
     trained VAE, a random-init 2-layer CLIP vision tower, random fixed prompt embeddings."""

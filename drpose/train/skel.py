@@ -70,6 +70,9 @@ class SkelConfig:
     pck_threshold: float = 0.1
 
 
+Config = SkelConfig  # the stage's config for ``python -m drpose.train skel``
+
+
 @torch.no_grad()
 def view_latents(vae: AutoencoderKL, data: MultiViewRenders, chunk: int = 48) -> Tensor:
     """``(N, V, 8, h, w)``: ``[normal | colour]`` latents of every view of ``data``:

@@ -44,6 +44,9 @@ class VAEConfig:
     latent_channels: int = 4
 
 
+Config = VAEConfig  # the stage's config for ``python -m drpose.train vae``
+
+
 def tiny_vae(config: VAEConfig, resolution: int) -> AutoencoderKL:
     """A random-init ``AutoencoderKL`` of ``config``'s widths (one layer per block)."""
     levels = len(config.block_out_channels)
