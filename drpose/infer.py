@@ -142,7 +142,8 @@ def _module_suffix(name: str) -> str:
 
 def load_pipeline(pipeline_dir: str | Path | None, lora_dir: str | Path | None
                   ) -> MultiViewPipeline:
-    """The local pipeline, or the random-init tiny one (with a warning)."""
+    """The local pipeline, or the random-init tiny one (with a warning), on the GPU when there
+    is one (reconstruction itself runs on the CPU)."""
     if pipeline_dir is None:
         warnings.warn("no --pipeline given: using MultiViewPipeline.tiny(), RANDOM-INIT weights; "
                       "the views and the mesh only exercise the code path", stacklevel=2)
@@ -151,7 +152,7 @@ def load_pipeline(pipeline_dir: str | Path | None, lora_dir: str | Path | None
         pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
     if lora_dir is not None:
         load_lora(pipe, lora_dir)
-    return pipe
+    return pipe.to("cuda") if torch.cuda.is_available() else pipe
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

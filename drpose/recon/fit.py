@@ -11,6 +11,7 @@ translation start from the front mask's box.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import smplx
@@ -98,7 +99,7 @@ def fit_smplx_to_views(
         rest = posed_body(model, body_pose).vertices[0]
     rest_centre = (rest.amin(0) + rest.amax(0)) / 2
     scale0, translation0 = _initial_similarity(rest, targets)
-    log_scale = torch.tensor(float(torch.tensor(scale0).log()), requires_grad=True)
+    log_scale = torch.tensor(math.log(scale0), requires_grad=True)
     translation = translation0.clone().requires_grad_(True)
     faces = model.faces_tensor.long()
     tri = faces.to(torch.int32).contiguous()
