@@ -212,12 +212,18 @@ def run(config: PretrainConfig, *, resume: bool = False) -> Path:
     for module in (pipe.vae, pipe.image_encoder, pipe.image_normalizer):
         module.requires_grad_(False)
     unet = pipe.unet.train().requires_grad_(True)
-    train = encode_renders(pipe, data.subset("train"))
-    held = encode_renders(pipe, data.subset("eval"))
     ema = EMAModel(unet.parameters(), decay=config.ema_decay) if config.ema_decay else None
     trainer = Trainer(config.train, unet)
     if resume:
         trainer.resume()
+    device = trainer.accelerator.device
+    if device != pipe.device:  # only when needed: MultiViewPipeline.to passes device= to the
+        # unCLIP normalizer, whose .to() takes torch_device= (reported to the pipeline owner)
+        pipe.to(device)
+    if ema is not None:
+        ema.to(device)
+    train = encode_renders(pipe, data.subset("train"))
+    held = encode_renders(pipe, data.subset("eval"))
     count = train.targets.shape[0]
 
     def step(index: int) -> StepOutput:

@@ -136,19 +136,21 @@ def run(config: SkelConfig, *, resume: bool = False) -> Path:
     trainer = Trainer(config.train, net)
     if resume:
         trainer.resume()
+    device = trainer.accelerator.device
 
     def step(index: int) -> StepOutput:
         generator = step_generator(config.train.seed, index)
         objects = torch.randint(len(train), (config.batch_size,), generator=generator)
         latents = train_latents[objects]
         latents = latents + config.latent_noise * torch.randn(latents.shape, generator=generator)
-        logits = net(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
-        loss = pose_heatmap_loss(logits, keypoints[objects], visible[objects], sigma=config.sigma)
+        logits = net(latents.flatten(0, 1).to(device)).unflatten(0, latents.shape[:2])
+        loss = pose_heatmap_loss(logits, keypoints[objects].to(device),
+                                 visible[objects].to(device), sigma=config.sigma)
         return StepOutput(loss)
 
     last = trainer.fit(step)
     trainer.close()
-    reward = PoseScore(net, sigma=config.sigma)
+    reward = PoseScore(net.cpu(), sigma=config.sigma)
     metrics = evaluate(reward, held_latents, held.joints, held.normalization(),
                        config.pck_threshold)
     out = config.train.run_dir / SKEL_SUBFOLDER

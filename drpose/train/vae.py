@@ -98,13 +98,14 @@ def run(config: VAEConfig, *, resume: bool = False) -> Path:
     def step(index: int) -> StepOutput:
         generator = step_generator(config.train.seed, index)
         picks = torch.randint(len(train_images), (config.batch_size,), generator=generator)
-        loss, metrics = reconstruction_loss(vae, train_images[picks].float() / 255, generator,
+        images = train_images[picks].to(trainer.accelerator.device).float() / 255
+        loss, metrics = reconstruction_loss(vae, images, generator,
                                             config.kl_weight)
         return StepOutput(loss, metrics)
 
     last = trainer.fit(step)
     trainer.close()
-    vae.eval()
+    vae.cpu().eval()
     vae.register_to_config(scaling_factor=latent_scale(vae, train_images.float() / 255))
     held = all_views(data.subset("eval")).float() / 255
     with torch.no_grad():
