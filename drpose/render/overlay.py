@@ -50,5 +50,5 @@ def draw_skeletons(images: Tensor, keypoints: Tensor, visible: Tensor,
             if seen[j]:
                 x, y = points[j]
                 draw.ellipse([x - width, y - width, x + width, y + width], fill=colours[j])
-        out.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255)
+        out.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)
     return torch.stack(out) if out else images.new_zeros(images.shape)

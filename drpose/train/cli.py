@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
             add_arguments(parser, kind, f"{name}.")
             continue
         base = _base_type(kind)
-        if base is bool:
+        if typing.get_origin(base) is tuple:  # tuple[int, ...] / tuple[int, int]: one or more
+            element = typing.get_args(base)[0]
+            parser.add_argument(f"--{name}", type=element, nargs="+", default=argparse.SUPPRESS,
+                                help=f"(default: {_default(f)})")
+        elif base is bool:
             parser.add_argument(f"--{name}", type=_parse_bool, metavar="true|false",
                                 default=argparse.SUPPRESS, help=f"(default: {_default(f)})")
         else:
@@ -56,6 +60,8 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
         kind = hints[name]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             value = from_dict(kind, value)
+        elif typing.get_origin(_base_type(kind)) is tuple and isinstance(value, list):
+            value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -1,0 +1,329 @@
+"""DrPose reward fine-tuning: the main job of ``python -m drpose.train``.
+
+Per sample (image I, ground-truth SMPL-X joints J): a DRTune rollout (:mod:`drpose.train.rollout`)
+generates multi-view latents x0 conditioned on I; the loss is
+
+    L = (1 - PoseScore(x0, J)) + w_KL * MSE(eps_w, eps_w0)   at the trained steps,
+
+minimised over LoRA adapters of the UNet (default; the KL reference eps_w0 is the same UNet with
+its adapters disabled, so no second UNet is held) or over the full UNet (a frozen copy is kept
+for the KL reference, optionally on the CPU). Gradient checkpointing is non-reentrant and on.
+Before and after training, PoseScore is measured on held-out poses with full, gradient-free
+rollouts from fixed noise; both numbers and before/after grids land in the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
+from drpose.body.model import cache_dir
+from drpose.data.dataset import DrPoseDataset
+from drpose.data.multiview import MultiViewRenders
+from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
+from drpose.render import cameras
+from drpose.render.conditions import save_view_grid
+from drpose.render.overlay import draw_skeletons
+from drpose.reward import PoseScore, latents_from_rows
+from drpose.train import pretrain
+from drpose.train import skel as skel_stage
+from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
+from drpose.train.rollout import ModelStep, plan_rollout, rollout, sample
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass
+class RewardConfig:
+    """Reward fine-tuning options (the defaults are the paper's where it states them)."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        name="drpose", steps=60, lr=1e-3, checkpoint_every=20, log_every=5))
+    num_steps: int = 20             # T: DDIM steps of a rollout
+    trained_steps: int = 2          # K: steps that keep gradients
+    early_stop: int = 8             # m: the rollout stops at a random step <= m before the end
+    eta: float = 0.0                # DDIM eta of training rollouts
+    guidance_scale: float = 1.0     # CFG in rollouts (open in the paper; 1 = conditional only)
+    kl_weight: float = 0.01         # w_KL
+    finetune: str = "lora"          # "lora" | "full"
+    lora_rank: int = 8
+    offload_reference: bool = False  # full fine-tuning: keep the frozen copy on the CPU
+    gradient_checkpointing: bool = True
+    batch_size: int = 1
+    image_every: int = 20           # write a PNG grid of a training sample every N steps
+    eval_samples: int = 8           # held-out samples for posescore_before/after
+    eval_seed: int = 1234
+    pipeline: str | None = None     # pipeline folder (save_pretrained / PSHuman format);
+    #                                 None: the cached default tiny model (built when missing)
+    skel: str | None = None         # g_skel folder of the ``skel`` stage; None: the default
+    data: str | None = None         # a DrPose15K folder; None: the default multi-view renders
+    held_out: int = 10              # DrPose15K: every N-th sample is held out for evaluation
+    cache_dir: str | None = None    # where the default assets live ($DRPOSE_CACHE/default)
+
+    def __post_init__(self) -> None:
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+
+
+@dataclass
+class RewardData:
+    """(image, joints) pairs: images (N, 3, H, W) in [0, 1], joints (N, J, 3) in normalised body
+    coordinates (:meth:`drpose.render.cameras.BodyNormalization.apply`), as PoseScore takes them
+    without a normalisation."""
+
+    images: Tensor
+    joints: Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        return self.images[indices], self.joints[indices]
+
+
+@dataclass
+class RewardStep(StepOutput):
+    """A step's loss and metrics, and the rollout's x0 (for the training grids)."""
+
+    x0: Tensor | None = None
+
+
+class RewardTuner:
+    """Holds the pipeline, the reward and the reference model; computes one step's loss."""
+
+    def __init__(self, config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScore) -> None:
+        self.config = config
+        self.pipe = pipe
+        self.reward = reward
+        unet = pipe.unet
+        unet.requires_grad_(False)
+        for module in (pipe.vae, pipe.image_encoder):
+            module.requires_grad_(False)
+        self.frozen_unet: nn.Module | None = None
+        if config.finetune == "lora":
+            unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
+                                        init_lora_weights="gaussian",
+                                        target_modules=list(LORA_TARGETS)))
+            # peft initialises B = 0: the adapted model starts equal to the base model
+        else:
+            device = "cpu" if config.offload_reference else pipe.device
+            self.frozen_unet = copy.deepcopy(unet).to(device).eval()
+            unet.requires_grad_(True)
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.parameters = [p for p in unet.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[None]:
+        """Inside: ``pipe.unet`` is the initial model (adapters off, or the frozen copy)."""
+        unet = self.pipe.unet
+        if self.frozen_unet is None:
+            unet.disable_adapters()
+            try:
+                yield
+            finally:
+                unet.enable_adapters()
+            return
+        original_device = next(self.frozen_unet.parameters()).device
+        self.frozen_unet.to(self.pipe.device)
+        self.pipe.unet = self.frozen_unet
+        try:
+            yield
+        finally:
+            self.pipe.unet = unet
+            self.frozen_unet.to(original_device)
+
+    def body_latents(self, x0: Tensor) -> Tensor:
+        """PoseScore's ``(B, V_body, 8, h, w)`` from the pipeline's rows (face view dropped)."""
+        body = self.pipe.unet.config.num_body_views
+        return latents_from_rows(x0, self.pipe.views)[:, :body]
+
+    def reference_step(self) -> ModelStep:
+        def step(latents: Tensor, t: Tensor, cond: MultiViewCondition) -> Tensor:
+            with self.reference_model():
+                return self.pipe.unet_step(latents, t, cond, self.config.guidance_scale)
+
+        return step
+
+    def encode(self, images: Tensor, generator: torch.Generator) -> MultiViewCondition:
+        with torch.no_grad():
+            return self.pipe.encode_condition(images, generator=generator)
+
+    @torch.no_grad()
+    def save_eval_grid(self, data: RewardData, path: Path, count: int = 2) -> Path:
+        """Grid of full rollouts for the first ``count`` held-out samples (fixed noise)."""
+        count = min(count, len(data))
+        generator = torch.Generator().manual_seed(self.config.eval_seed)
+        images, joints = data.batch(torch.arange(count))
+        cond = self.encode(images, generator)
+        x0 = sample(self.pipe, cond, num_steps=self.config.num_steps,
+                    guidance_scale=self.config.guidance_scale, eta=0.0, generator=generator)
+        return save_grid(self.pipe, self.reward, x0, joints, path)
+
+    def loss(self, images: Tensor, joints: Tensor, generator: torch.Generator) -> RewardStep:
+        config = self.config
+        cond = self.encode(images, generator)
+        plan = plan_rollout(config.num_steps, config.trained_steps, config.early_stop, generator)
+        result = rollout(self.pipe, cond, plan, num_steps=config.num_steps,
+                         guidance_scale=config.guidance_scale, eta=config.eta,
+                         generator=generator, reference_step=self.reference_step())
+        score = self.reward(self.body_latents(result.x0), joints).mean()
+        loss = (1 - score) + config.kl_weight * result.kl
+        return RewardStep(loss, {"reward": float(score.detach()), "kl": float(result.kl.detach()),
+                                 "stop_step": plan.stop}, x0=result.x0)
+
+    @torch.no_grad()
+    def evaluate(self, data: RewardData, *, reference: bool = False) -> float:
+        """Mean PoseScore of full gradient-free rollouts from fixed noise (one per sample)."""
+        config = self.config
+        scores = []
+        context = self.reference_model() if reference else contextlib.nullcontext()
+        with context:
+            for index in range(len(data)):
+                generator = torch.Generator().manual_seed(config.eval_seed + index)
+                images, joints = data.batch(torch.tensor([index]))
+                cond = self.encode(images, generator)
+                x0 = sample(self.pipe, cond, num_steps=config.num_steps,
+                            guidance_scale=config.guidance_scale, eta=0.0, generator=generator)
+                scores.append(self.reward(self.body_latents(x0), joints))
+        return float(torch.cat(scores).mean())
+
+
+def default_data(cache: Path, eval_samples: int) -> tuple[RewardData, RewardData]:
+    """The default multi-view renders' train and held-out (image, joints) pairs."""
+    renders = MultiViewRenders.load(pretrain.ensure_renders(cache))
+    train, held = renders.subset("train"), renders.subset("eval")
+    keep = slice(0, eval_samples)
+    return (RewardData(train.images(), train.normalized_joints()),
+            RewardData(held.images(keep), held.normalized_joints(keep)))
+
+
+def drpose15k_data(folder: str | Path, held_out: int, eval_samples: int
+                   ) -> tuple[RewardData, RewardData]:
+    """A DrPose15K folder's (image, joints) pairs; every ``held_out``-th sample is held out."""
+    dataset = DrPoseDataset(folder)
+    items = [dataset[i] for i in range(len(dataset))]
+    if not items:
+        raise ValueError(f"{folder}: the dataset has no samples")
+    images = torch.stack([item["image"] for item in items])
+    joints = torch.stack([item["joints"][list(POSESCORE_JOINTS.indices)] for item in items])
+    normalization = cameras.BodyNormalization(
+        center=torch.stack([item["camera"]["center"] for item in items]),
+        scale=torch.stack([item["camera"]["scale"] for item in items]))
+    joints = normalization.apply(joints)
+    held = torch.arange(len(items)) % held_out == held_out - 1
+    return (RewardData(images[~held], joints[~held]),
+            RewardData(images[held][:eval_samples], joints[held][:eval_samples]))
+
+
+@torch.no_grad()
+def save_grid(pipe: MultiViewPipeline, reward: PoseScore, x0: Tensor, joints: Tensor,
+              path: Path) -> Path:
+    """PNG of generated views (rows: per object normal then colour) with the target skeletons
+    (the ground-truth joints projected into each view) drawn over."""
+    images = pipe.decode(x0.detach())  # (2*B*V, 3, H, W): [normal | colour] x objects x views
+    views = pipe.views
+    batch = x0.shape[0] // (2 * views)
+    size = tuple(images.shape[-2:])
+    keypoints, visible = reward.targets(joints.to(images), size)  # (B, V, J, 2)
+    domains = images.unflatten(0, (2, batch, views))
+    rows = []
+    for b in range(batch):
+        for domain in domains:
+            body = domain[b][: keypoints.shape[1]]  # the face view (if any) has no skeleton
+            rows.append(draw_skeletons(body, keypoints[b], visible[b],
+                                       SMPLX_PARENTS[: joints.shape[1]]))
+    return save_view_grid(torch.stack(rows), path)
+
+
+def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScore,
+                 train_data: RewardData, eval_data: RewardData, *, resume: bool = False,
+                 stop_after: int | None = None) -> dict[str, float]:
+    """Reward fine-tuning; writes ``metrics.json``, checkpoints, logs and grids to the run dir.
+
+    ``stop_after`` ends the call after that many steps (an interruption, for tests); a later
+    call with ``resume=True`` continues exactly.
+    """
+    tuner = RewardTuner(config, pipe, reward)
+    trainer = Trainer(config.train, pipe.unet, tuner.parameters)
+    run_dir = config.train.run_dir
+    resumed = resume and trainer.resume()
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if resumed and metrics_path.is_file() else {}
+    main = trainer.accelerator.is_main_process
+    if "posescore_before" not in metrics:
+        metrics["posescore_before"] = tuner.evaluate(eval_data, reference=True)
+        if main:
+            _write_json(metrics_path, {**metrics, "config": asdict(config)})
+            with tuner.reference_model():
+                tuner.save_eval_grid(eval_data, run_dir / "grid_before.png")
+    rank = trainer.accelerator.process_index
+    every = config.image_every * config.train.grad_accum
+
+    def step(index: int) -> StepOutput:
+        generator = step_generator(config.train.seed, index, rank)
+        picks = torch.randint(len(train_data), (config.batch_size,), generator=generator)
+        images, joints = train_data.batch(picks)
+        out = tuner.loss(images, joints, generator)
+        if main and every and index % every == 0:
+            save_grid(pipe, reward, out.x0, joints, run_dir / "grids" / f"step_{index:07d}.png")
+        return out
+
+    last = trainer.fit(step, stop_after=stop_after)
+    trainer.close()
+    if trainer.step < config.train.steps:
+        return {**metrics, **last}
+    metrics["posescore_after"] = tuner.evaluate(eval_data)
+    metrics["steps"] = trainer.step
+    if main:
+        _write_json(metrics_path, {**metrics, "config": asdict(config)})
+        tuner.save_eval_grid(eval_data, run_dir / "grid_after.png")
+        if config.finetune == "lora":  # the adapters, as `python -m drpose.infer --lora` reads
+            (run_dir / "lora").mkdir(exist_ok=True)
+            save_file(trainer.trainable_state(), run_dir / "lora" / "trainable.safetensors")
+        else:
+            pipe.unet.save_pretrained(run_dir / "unet")
+    return metrics
+
+
+Config = RewardConfig
+
+
+def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
+    """Load (or build and cache, for the defaults) the pipeline, g_skel and data; fine-tune."""
+    cache = Path(config.cache_dir) if config.cache_dir else cache_dir() / "default"
+    started = time.perf_counter()
+    pipeline_dir = config.pipeline or pretrain.ensure_default(cache)
+    skel_dir = config.skel or skel_stage.ensure_default(cache)
+    if config.data is None:
+        train_data, eval_data = default_data(cache, config.eval_samples)
+    else:
+        train_data, eval_data = drpose15k_data(config.data, config.held_out, config.eval_samples)
+    setup_s = time.perf_counter() - started
+    pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
+    reward = skel_stage.load_posescore(skel_dir)
+    metrics = train_reward(config, pipe, reward, train_data, eval_data, resume=resume)
+    metrics = {**metrics, "setup_s": setup_s, "total_s": time.perf_counter() - started}
+    if "posescore_after" in metrics:
+        print(f"PoseScore on {len(eval_data)} held-out poses: before "
+              f"{metrics['posescore_before']:.4f} -> after {metrics['posescore_after']:.4f} "
+              f"({config.train.run_dir / 'metrics.json'})")
+    return metrics
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)
