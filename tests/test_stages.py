@@ -115,3 +115,25 @@ def test_ensure_default_reuses_finished_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(skel, "run", must_not_run)
     assert pretrain.ensure_default(tmp_path) == tmp_path / "pretrain" / "pipeline"
     assert skel.ensure_default(tmp_path) == tmp_path / "skel" / "skel"
+
+
+def test_pretrain_continues_from_a_pipeline_folder(tiny_renders, tiny_vae):
+    def config(name, **options):
+        return pretrain.PretrainConfig(
+            train=TrainConfig(name=name, runs_dir=str(tiny_renders.parent), steps=1,
+                              progress=False, checkpoint_every=1, lr=1e-2),
+            renders=str(tiny_renders), vae=str(tiny_vae), **options)
+
+    first = pretrain.run(config("pretrain_first", prediction_type="epsilon"))
+    before = MultiViewPipeline.from_pretrained(first).unet.state_dict()
+    second = pretrain.run(config("pretrain_second", init=str(first)))
+    after = MultiViewPipeline.from_pretrained(second)
+    assert after.scheduler.config.prediction_type == "epsilon"  # the checkpoint's, kept
+    changed = [name for name, value in after.unet.state_dict().items()
+               if not torch.equal(value, before[name])]
+    # one AdamW step (lr 1e-2) from the first model's weights moves each weight by at most lr
+    assert changed
+    for name, value in after.unet.state_dict().items():
+        assert (value - before[name]).abs().max() <= 1.01e-2, name
+    assert torch.equal(after.vae.encoder.conv_in.weight,
+                       MultiViewPipeline.from_pretrained(first).vae.encoder.conv_in.weight)
