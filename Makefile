@@ -16,7 +16,7 @@ CUDA_SOURCES := $(wildcard csrc/*.cu)
 # need them skip and say why.
 APT_PACKAGES := libusb-1.0-0 assimp-testmodels
 
-.PHONY: test bench lint cuda-check clean system-deps
+.PHONY: demo test bench lint cuda-check clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ system-deps:
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 		else echo "note: install $(APT_PACKAGES) (Debian) for the tests that need them"; fi; }
+
+## make demo: the main job, DrPose reward fine-tuning on its embedded default (python -m drpose.train)
+demo: $(STAMP)
+	$(BIN)/python -m drpose.train
 
 ## make test: lint, the whole test suite, and (when csrc/ has CUDA sources) their compile check
 test: $(STAMP) system-deps $(if $(CUDA_SOURCES),cuda-check)

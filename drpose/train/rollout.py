@@ -60,14 +60,19 @@ class RolloutResult:
 
 def rollout(pipe: MultiViewPipeline, cond: MultiViewCondition, plan: RolloutPlan, *,
             num_steps: int, guidance_scale: float, eta: float, generator: torch.Generator,
-            reference_step: ModelStep | None = None) -> RolloutResult:
-    """Run the planned rollout; returns x0 (differentiable through the trained steps) and KL."""
+            reference_step: ModelStep | None = None,
+            stop_gradient: bool = True) -> RolloutResult:
+    """Run the planned rollout; returns x0 (differentiable through the trained steps) and KL.
+
+    ``stop_gradient=False`` keeps the UNet input's graph too (plain backpropagation through
+    every trained step; with all steps trained, the full-rollout baseline DRTune improves on).
+    """
     pipe.scheduler.set_timesteps(num_steps, device=pipe.device)
     latents = pipe.prepare_latents(cond, generator)
     kl_terms: list[Tensor] = []
     x0 = latents
     for index, t in enumerate(pipe.scheduler.timesteps[: plan.stop + 1]):
-        model_input = latents.detach()
+        model_input = latents.detach() if stop_gradient else latents
         if index in plan.trained:
             output = pipe.unet_step(model_input, t, cond, guidance_scale)
             if reference_step is not None:
