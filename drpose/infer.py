@@ -156,8 +156,10 @@ def load_pipeline(pipeline_dir: str | Path | None, lora_dir: str | Path | None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m drpose.infer", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m drpose.infer",
+        description="one photo of a person -> six generated views -> carved, coloured mesh",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("image", type=Path, help="photo of one person (RGB or RGBA)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--mask", type=Path, help="person mask image (white = person)")

@@ -75,8 +75,8 @@ def chamfer_cm(mesh: trimesh.Trimesh, known) -> float:
 @pytest.fixture(scope="module")
 def result(known, model):
     views = prepare_views(known[3], known[4])
-    config = ReconConfig(resolution=SIZE, fit=FitConfig(iterations=40),
-                         carve=CarveConfig(iterations=30, remesh_every=15), poisson_depth=7)
+    config = ReconConfig(resolution=SIZE, fit=FitConfig(iterations=60),
+                         carve=CarveConfig(iterations=60, remesh_every=20), poisson_depth=7)
     return reconstruct(views, model, config)
 
 
@@ -93,9 +93,10 @@ def test_known_mesh_is_recovered(result, known, model):
     print(f"chamfer cm: sphere {sphere_cm:.2f} rest {start_cm:.2f} fit {fit_cm:.2f} "
           f"final {final_cm:.2f}")
     # one pixel of these 64^2 views is 1/64 box unit = 2.8 cm of the body
-    assert final_cm < 1.5
-    assert final_cm < 0.5 * start_cm and final_cm < 0.1 * sphere_cm
-    assert final_cm < fit_cm  # carving improves on the fitted SMPL-X
+    # measured here: sphere 41.5, rest 9.2, fit 1.02, final 0.46
+    assert final_cm < 0.8
+    assert final_cm < 0.1 * start_cm and final_cm < 0.02 * sphere_cm
+    assert final_cm < 0.7 * fit_cm  # carving improves on the fitted SMPL-X
 
 
 def test_output_is_watertight(result):
