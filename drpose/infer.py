@@ -9,8 +9,10 @@ Stages (a tqdm bar each; the wall time of each is printed at the end):
 2. framing as PSHuman's input preprocessing (``single_image_dataset.py``): crop to the mask's box,
    resize so its longer side is 740/768 of the side, centre on a white square;
 3. multi-view generation (:class:`drpose.pipelines.MultiViewPipeline`): ``--pipeline DIR`` (a
-   local folder, ``from_pretrained``), optionally with ``--lora DIR`` (a training checkpoint's
-   ``trainable.safetensors``), else the random-init tiny pipeline with a warning (shapes only);
+   local folder, ``from_pretrained``), else the project's default pretrained pipeline when
+   ``python -m drpose.train`` has built it, else the random-init tiny pipeline with a warning
+   (shapes only); optionally with ``--lora DIR`` (a training checkpoint's
+   ``trainable.safetensors``);
 4. reconstruction (:mod:`drpose.recon`): as PSHuman, the front colour view is replaced by the
    input image; the input mask is the front view's mask and, mirrored as the network outputs the
    back view, the back view's (an orthographic back silhouette is the front one mirrored);
@@ -140,13 +142,29 @@ def _module_suffix(name: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
+def default_pipeline_dir() -> Path | None:
+    """The project's default pretrained pipeline (``python -m drpose.train`` builds it under the
+    cache, ``drpose.train.pretrain.ensure_default``) when it has been built, else None. Never
+    builds it: that is training, not inference."""
+    from drpose.body.model import cache_dir
+    from drpose.train import pretrain
+
+    _, _, config = pretrain.default_configs(cache_dir() / "default")
+    folder = config.train.run_dir / pretrain.PIPELINE_SUBFOLDER
+    return folder if (folder / pretrain.DONE_FILE).is_file() else None
+
+
 def load_pipeline(pipeline_dir: str | Path | None, lora_dir: str | Path | None
                   ) -> MultiViewPipeline:
-    """The local pipeline, or the random-init tiny one (with a warning), on the GPU when there
-    is one (reconstruction itself runs on the CPU)."""
+    """The given local pipeline, else the default pretrained one when built, else the
+    random-init tiny one (with a warning); on the GPU when there is one (reconstruction itself
+    runs on the CPU)."""
     if pipeline_dir is None:
-        warnings.warn("no --pipeline given: using MultiViewPipeline.tiny(), RANDOM-INIT weights; "
-                      "the views and the mesh only exercise the code path", stacklevel=2)
+        pipeline_dir = default_pipeline_dir()
+    if pipeline_dir is None:
+        warnings.warn("no --pipeline given and no default pipeline built (python -m drpose.train "
+                      "builds it): using MultiViewPipeline.tiny(), RANDOM-INIT weights; the views "
+                      "and the mesh only exercise the code path", stacklevel=2)
         pipe = MultiViewPipeline.tiny()
     else:
         pipe = MultiViewPipeline.from_pretrained(pipeline_dir)

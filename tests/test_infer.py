@@ -66,7 +66,8 @@ def test_framing_follows_pshuman(photo):
     assert np.array_equal(framed[away], np.ones_like(framed[away]))  # composited on white
 
 
-def test_cli_writes_every_output(photo, tmp_path, capsys):
+def test_cli_writes_every_output(photo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(infer, "default_pipeline_dir", lambda: None)  # whatever this machine built
     image, _ = photo
     path = tmp_path / "person.png"
     Image.fromarray((image * 255).astype(np.uint8)).save(path)
@@ -117,3 +118,13 @@ def test_lora_checkpoint_round_trip(tmp_path):
     infer.load_lora(fresh, tmp_path)
     torch.testing.assert_close(run(fresh), run(trained))
     assert (run(fresh) - before).abs().max() > 1e-3
+
+
+def test_pipeline_folder_is_loaded(tmp_path):
+    from drpose.pipelines import MultiViewPipeline
+
+    MultiViewPipeline.tiny(seed=3).save_pretrained(tmp_path / "pipe")
+    loaded = infer.load_pipeline(tmp_path / "pipe", None)
+    expected = MultiViewPipeline.tiny(seed=3).unet.state_dict()
+    for name, value in loaded.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[name])
