@@ -189,3 +189,10 @@ def test_silhouette_losses_pull_towards_the_mask():
     coverage_loss(rendered, targets).sum().backward()
     radial = (small.grad * small.detach()).sum(-1)
     assert radial.sum() < 0  # descent moves vertices outwards
+
+
+def test_no_usable_view_is_an_error(model):
+    views = prepare_views(torch.ones(6, 3, SIZE, SIZE))  # white: no person anywhere
+    assert not (views.weights > 0).any()
+    with pytest.raises(ValueError, match="no usable view"):
+        reconstruct(views, model)

@@ -75,6 +75,9 @@ def reconstruct(views: ReconViews, model: smplx.SMPLX, config: ReconConfig = Rec
         config: see :class:`ReconConfig`.
         progress: tqdm bars per stage.
     """
+    if not (views.weights > 0).any():
+        raise ValueError("reconstruct: no usable view (every mask is empty, covers most of the "
+                         "image, or disagrees with the front view's rows); pass masks")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     views = views.resized(config.resolution)
