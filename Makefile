@@ -2,6 +2,9 @@
 # Re-running is fast: the install stamp is only remade when the packaging or C++ sources change.
 
 PYTHON ?= python3
+# OpenMP threads that spin while they wait make torch 10-20x slower whenever another process
+# shares the cores (measured here); passive waiting costs nothing on a quiet machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drpose-installed
