@@ -49,21 +49,29 @@ def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a (nested) dict; unknown keys are an error naming them."""
+    """``cls()`` with the (nested) ``values`` applied; unknown keys are an error naming them.
+
+    Nested configs start from their parent's defaults (a stage's ``train`` keeps the stage's own
+    name, steps and learning rate unless a value is given for them)."""
+    return _apply(cls(), values)
+
+
+def _apply(config: T, values: dict[str, Any]) -> T:
+    cls = type(config)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
+    changes = {}
     for name, value in values.items():
         kind = hints[name]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            value = from_dict(kind, value)
+            value = _apply(getattr(config, name), value)
         elif typing.get_origin(_base_type(kind)) is tuple and isinstance(value, list):
             value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+        changes[name] = value
+    return dataclasses.replace(config, **changes)
 
 
 def _base_type(kind: Any) -> type:
