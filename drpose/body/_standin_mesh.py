@@ -165,7 +165,7 @@ def _relax(
         centroid = np.zeros_like(verts)
         np.add.at(centroid, edges[:, 0], verts[edges[:, 1]])
         centroid /= degree[:, None]
-        normal = _vertex_normals(verts, faces)
+        normal = vertex_normals(verts, faces)
         step = centroid - verts
         step -= (step * normal).sum(1, keepdims=True) * normal
         verts = verts + 0.5 * step
@@ -176,7 +176,8 @@ def _relax(
     return verts, faces
 
 
-def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals (V, 3) of a triangle mesh."""
     tri = verts[faces]
     face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals = np.zeros_like(verts)

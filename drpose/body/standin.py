@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from drpose.body import _standin_mesh, _standin_rig, _standin_shape
-from drpose.body._standin_mesh import mesh_primitives
+from drpose.body._standin_mesh import mesh_primitives, vertex_normals
 from drpose.body._standin_rig import (
     contour_landmarks,
     expression_directions,
@@ -111,15 +111,6 @@ def generator_version() -> str:
     return _VERSION
 
 
-def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = verts[faces]
-    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_n)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-
-
 def _place_vertex_joints(verts: np.ndarray, faces: np.ndarray, joints: np.ndarray):
     """Renumber vertices so that each smplx vertex-joint id is the vertex at its place.
 
@@ -155,7 +146,7 @@ def build_standin() -> dict[str, np.ndarray]:
     sizes = part_sizes(primitives)
     weights = skinning_weights(dist, sizes)
     regressor = joint_regressor(verts, joints, nearest, sizes)
-    normals = _vertex_normals(verts, faces)
+    normals = vertex_normals(verts, faces)
     shapedirs = np.concatenate(
         [
             shape_directions(verts, normals, joints, nearest),
