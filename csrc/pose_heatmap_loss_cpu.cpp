@@ -218,7 +218,7 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& keypoints, const a
               " must be contiguous (M,) of the accumulation dtype");
 }
 
-template <typename scalar_t, typename acc_t, typename Fn>
+template <typename Fn>
 void with_loss(int64_t loss, Fn&& fn) {
   TORCH_CHECK(loss == 0 || loss == 1, "pose_heatmap_loss (cpu): loss must be 0 (bce) or 1 (mse)");
   if (loss == 0) {
@@ -237,7 +237,7 @@ at::Tensor pose_heatmap_loss_forward_cpu(const at::Tensor& logits, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "pose_heatmap_loss_forward_cpu", [&] {
         using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        with_loss<scalar_t, acc_t>(loss, [&](auto L) {
+        with_loss(loss, [&](auto L) {
           forward_kernel<scalar_t, acc_t, decltype(L)::value>(
               logits.data_ptr<scalar_t>(), keypoints.data_ptr<acc_t>(), weight.data_ptr<acc_t>(),
               logits.size(0), logits.size(1), logits.size(2), static_cast<acc_t>(sigma),
@@ -257,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> pose_heatmap_loss_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "pose_heatmap_loss_backward_cpu", [&] {
         using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        with_loss<scalar_t, acc_t>(loss, [&](auto L) {
+        with_loss(loss, [&](auto L) {
           backward_kernel<scalar_t, acc_t, decltype(L)::value>(
               logits.data_ptr<scalar_t>(), keypoints.data_ptr<acc_t>(), coeff.data_ptr<acc_t>(),
               logits.size(0), logits.size(1), logits.size(2), static_cast<acc_t>(sigma),
