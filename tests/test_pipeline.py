@@ -249,3 +249,15 @@ def test_scheduler_is_pshumans():
         assert abs(scheduler.alphas_cumprod[int(step)].item() - value) < 1e-6
     scheduler.set_timesteps(reference["inference_steps"])
     assert scheduler.timesteps.tolist() == reference["timesteps_40_leading"]
+
+
+def test_to_moves_every_component():
+    pipe = MultiViewPipeline.tiny(seed=0)
+    assert pipe.to("cpu") is pipe  # unCLIP's normaliser has its own `to` signature
+    pipe.to(dtype=torch.float64)
+    tensors = [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.image_encoder.parameters(),
+               *pipe.image_normalizer.parameters(), pipe.prompt_embeds]
+    assert {t.dtype for t in tensors} == {torch.float64}
+    output = pipe(image().double(), num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0))
+    assert output.colour_latents.dtype == torch.float64 and torch.isfinite(output.colours).all()

@@ -49,7 +49,7 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
     StableUnCLIPImageNormalizer,
 )
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from drpose.models import MultiViewUNet
@@ -186,8 +186,10 @@ class MultiViewPipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move every component (and the prompt embeddings) to ``device`` / ``dtype``."""
-        for module in (self.unet, self.vae, self.image_encoder, self.image_normalizer):
+        for module in (self.unet, self.vae, self.image_encoder):
             module.to(device=device, dtype=dtype)
+        # unCLIP's normaliser overrides ``to`` with (torch_device, torch_dtype) and breaks on None
+        nn.Module.to(self.image_normalizer, device=device, dtype=dtype)
         self.prompt_embeds = self.prompt_embeds.to(device=device, dtype=dtype)
         return self
 
