@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import smplx
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -39,8 +40,16 @@ from tqdm.auto import tqdm
 
 from drpose.body import load_smplx
 from drpose.pipelines import MultiViewPipeline
-from drpose.pipelines.multiview import save_grid
-from drpose.recon import CarveConfig, FitConfig, ReconConfig, prepare_views, reconstruct, turntable
+from drpose.pipelines.multiview import MultiViewOutput, save_grid
+from drpose.recon import (
+    CarveConfig,
+    FitConfig,
+    ReconConfig,
+    ReconResult,
+    prepare_views,
+    reconstruct,
+    turntable,
+)
 from drpose.recon.views import masks_from_normal_maps
 from drpose.render import cameras
 from drpose.render.conditions import save_view_grid
@@ -173,6 +182,38 @@ def load_pipeline(pipeline_dir: str | Path | None, lora_dir: str | Path | None
     return pipe.to("cuda") if torch.cuda.is_available() else pipe
 
 
+@torch.no_grad()
+def generate_views(pipe: MultiViewPipeline, image: np.ndarray, mask: np.ndarray, *,
+                   steps: int = 40, guidance: float = 3.0, seed: int = 0
+                   ) -> tuple[MultiViewOutput, np.ndarray, np.ndarray]:
+    """Frame the person (:func:`frame_person`, at the pipeline's image side) and generate the
+    views. image: (H, W, 3) float in [0, 1]; mask: (H, W) bool. Returns the pipeline output
+    (one object) and the framed (S, S, 3) image and (S, S) mask."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    framed, framed_mask = frame_person(image, mask, side)
+    batch = torch.from_numpy(framed).permute(2, 0, 1)[None].to(pipe.device, pipe.dtype)
+    generator = torch.Generator(pipe.device).manual_seed(seed)
+    output = pipe(batch, num_inference_steps=steps, guidance_scale=guidance,
+                  generator=generator)
+    return output, framed, framed_mask
+
+
+def reconstruct_views(output: MultiViewOutput, framed: np.ndarray, framed_mask: np.ndarray,
+                      body: smplx.SMPLX, config: ReconConfig, *,
+                      progress: bool = False) -> ReconResult:
+    """Carve the generated views of :func:`generate_views` into a mesh, as PSHuman: the front
+    colour view is replaced by the input image; the input mask is the front view's mask and,
+    mirrored as the network outputs the back view, the back view's (an orthographic back
+    silhouette is the front one mirrored); the other views' masks come from their normal maps."""
+    normals, colours = output.normals[0].float().cpu(), output.colours[0].float().cpu()
+    colours[0] = torch.from_numpy(framed).permute(2, 0, 1)
+    masks = masks_from_normal_maps(normals[:6])
+    front = torch.from_numpy(framed_mask).float()[None]
+    masks[0], masks[3] = front, front.flip(-1)
+    views = prepare_views(normals, colours, masks)
+    return reconstruct(views, body, config, progress=progress)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m drpose.infer",
@@ -220,27 +261,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     with timed(seconds, "generation"):
         pipe = load_pipeline(args.pipeline, args.lora)
-        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        framed, framed_mask = frame_person(rgb, mask, side)
-        image = torch.from_numpy(framed).permute(2, 0, 1)[None].to(pipe.device, pipe.dtype)
-        generator = torch.Generator(pipe.device).manual_seed(args.seed)
-        output = pipe(image, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=generator)
+        output, framed, framed_mask = generate_views(pipe, rgb, mask, steps=args.steps,
+                                                     guidance=args.guidance, seed=args.seed)
         save_grid(output, args.out / "views.png")
     stages.update()
 
     with timed(seconds, "reconstruction"):
-        normals, colours = output.normals[0].float().cpu(), output.colours[0].float().cpu()
-        colours[0] = torch.from_numpy(framed).permute(2, 0, 1)  # PSHuman: the input is the front
-        masks = masks_from_normal_maps(normals[:6])
-        front = torch.from_numpy(framed_mask).float()[None]
-        masks[0], masks[3] = front, front.flip(-1)  # network convention: the back view mirrored
-        views = prepare_views(normals, colours, masks)
         config = ReconConfig(resolution=args.resolution,
                              fit=FitConfig(iterations=args.fit_iters),
                              carve=CarveConfig(iterations=args.carve_iters),
                              poisson_depth=args.poisson_depth)
-        result = reconstruct(views, load_smplx(args.smplx_dir), config, progress=True)
+        result = reconstruct_views(output, framed, framed_mask, load_smplx(args.smplx_dir),
+                                   config, progress=True)
     stages.update()
 
     with timed(seconds, "export"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from lora_checkpoint import write_lora_checkpoint
 
 from drpose.data.motion import PoseSequence
 from drpose.eval import benchmark
@@ -55,6 +56,26 @@ def test_hard_poses_are_distinct_and_start_far_from_rest():
     features = pose_features(seq)
     distance_to_rest = np.linalg.norm(features - features[0], axis=1)
     assert distance_to_rest[picks[0]] == distance_to_rest.max()
+
+
+def test_hard_fraction_keeps_the_rest_pose_out():
+    rng = np.random.default_rng(0)
+    body = rng.normal(scale=0.4, size=(5, 63)).astype(np.float32)
+    body[0] = 0  # the rest pose
+    rows = np.concatenate([body, body, body])
+    seq = PoseSequence(global_orient=np.zeros((15, 3)), body_pose=rows, transl=np.zeros((15, 3)),
+                       betas=np.zeros((15, 10)), fps=30.0, source="test")
+    from drpose.data.select import pose_features
+
+    hardness = np.linalg.norm(pose_features(seq) - pose_features(seq)[0], axis=1)
+    picks = benchmark.select_hard_poses(seq, 3, hard_fraction=0.5)  # 8 of the 15 rows
+    assert len(set(picks % 5)) == 3 and 0 not in picks % 5
+    assert hardness[picks].min() >= np.median(hardness)
+    assert 0 in benchmark.select_hard_poses(seq, 5, hard_fraction=1.0) % 5
+    with pytest.raises(ValueError, match="hard_fraction"):
+        benchmark.select_hard_poses(seq, 9, hard_fraction=0.5)
+    with pytest.raises(ValueError, match="hard_fraction"):
+        benchmark.select_hard_poses(seq, 1, hard_fraction=0.0)
 
 
 def write_two_bone_cylinder(path, *, segments=12, rings=9):
@@ -197,6 +218,59 @@ def test_runner_scores_tables_and_resume(bench, tmp_path, fakes):
     again = benchmark.run_benchmark(bench, {"perfect": fail, "shifted": fakes(0.05)}, out,
                                     config=RUN)
     assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)
+
+
+def test_a_failing_case_is_recorded_and_the_run_goes_on(bench, tmp_path, fakes):
+    good, calls = fakes(0.0), []
+
+    def flaky(image, mask):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("reconstruct: no usable view")
+        return good(image, mask)
+
+    out = tmp_path / "results"
+    with pytest.warns(UserWarning, match="flaky failed on case_001: ValueError"):
+        rows = benchmark.run_benchmark(bench, {"flaky": flaky}, out, config=RUN)
+    assert [("error" in r) for r in rows] == [False, True, False]
+    assert rows[1]["error"] == "ValueError: reconstruct: no usable view"
+    assert all(np.isnan(rows[1][k]) for k, _ in benchmark.METRIC_COLUMNS)
+    assert rows[0]["chamfer_cm"] < 0.5 and rows[2]["chamfer_cm"] < 0.5
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].endswith(",align,error") and "no usable view" in csv_lines[2]
+    assert csv_lines[-1].endswith("1 failed")
+    mean = float(csv_lines[-1].split(",")[2])
+    assert mean == pytest.approx((rows[0]["chamfer_cm"] + rows[2]["chamfer_cm"]) / 2)
+    table = (out / "results.md").read_text()
+    assert "| flaky |" in table and table.splitlines()[6].endswith("| 1 |")
+    assert (out / "worst_cases.png").is_file()  # the failed case is drawn with a grey tile
+    assert not (out / "cases" / "flaky" / "case_001.ply").exists()
+    calls.clear()
+    benchmark.run_benchmark(bench, {"flaky": flaky}, out, config=RUN)
+    assert not calls  # a recorded failure is a finished case
+
+
+def test_cli_runs_tiny_pipelines_end_to_end(bench, tmp_path, capsys):
+    """The real path (generate with the tiny pipeline, carve, score) for a base model and the
+    same model with a LoRA checkpoint as drpose.train writes it."""
+    write_lora_checkpoint(tmp_path / "lora", seed=0)
+    out = tmp_path / "results"
+    code = main(["run", "--bench", str(bench), "--out", str(out), "--model", "base=tiny",
+                 "--model", f"ft=tiny+{tmp_path / 'lora'}", "--steps", "2", "--points", "2000",
+                 "--normal-size", "32", "--fit-iterations", "5", "--carve-iterations", "4",
+                 "--recon-resolution", "48"])
+    assert code == 0
+    rows = {(p.parent.name, p.stem): json.loads(p.read_text())
+            for p in (out / "cases").glob("*/*.json")}
+    assert len(rows) == 6
+    for row in rows.values():
+        assert "error" not in row
+        assert all(np.isfinite(row[k]) for k, _ in benchmark.METRIC_COLUMNS), row
+        assert 0 < row["chamfer_cm"] < 100  # a body-sized mesh where the body is
+    assert any(rows["base", c]["psnr"] != rows["ft", c]["psnr"]
+               for c in ("case_000", "case_001", "case_002"))  # the adapters were loaded
+    assert "| base |" in capsys.readouterr().out
+    assert (out / "worst_cases.png").is_file()
 
 
 def test_model_spec_parse():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from lora_checkpoint import write_lora_checkpoint
 from PIL import Image
 from scipy import ndimage
 
@@ -88,23 +89,9 @@ def test_cli_writes_every_output(photo, tmp_path, capsys, monkeypatch):
 def test_lora_checkpoint_round_trip(tmp_path):
     """A LoRA checkpoint written as drpose.train writes one (the adapted UNet's trainable
     parameters by name) loads into a fresh pipeline and reproduces the adapted UNet."""
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
     from drpose.pipelines import MultiViewPipeline
 
-    trained = MultiViewPipeline.tiny(seed=0)
-    trained.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in trained.unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.1)  # peft starts B at 0: make the adapter do something
-    state = {n: p.detach().contiguous() for n, p in trained.unet.named_parameters()
-             if "lora_" in n}
-    save_file(state, tmp_path / "trainable.safetensors")
-
+    trained = write_lora_checkpoint(tmp_path, seed=0)
     fresh = MultiViewPipeline.tiny(seed=0)
     sample = torch.randn(2 * fresh.views, fresh.unet.config.in_channels, 16, 16)
     hidden = torch.randn(2 * fresh.views, 8, fresh.unet.config.cross_attention_dim)

@@ -2,7 +2,10 @@
 
 build: ``--out DIR [--assets PATH ...] [--poses PATH ...] [--count N] [--resolution R]``.
 run: ``--bench DIR --model [NAME=]PIPELINE[+LORA] [--model ...] [--out DIR]`` (PIPELINE: a
-MultiViewPipeline folder or ``tiny``). Exit codes: 0 done, 2 bad arguments or inputs.
+MultiViewPipeline folder, ``default`` (the pretrained tiny pipeline ``python -m drpose.train``
+builds) or ``tiny`` (random init); LORA: a training run's ``lora`` folder). Base vs DrPose on the
+default chain: ``--model base=default --model drpose=default+runs/drpose/lora``.
+Exit codes: 0 done, 2 bad arguments or inputs.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     build.add_argument("--count", type=int, default=benchmark.BuildConfig.count)
     build.add_argument("--resolution", type=int, default=benchmark.BuildConfig.resolution)
     build.add_argument("--seed", type=int, default=benchmark.BuildConfig.seed)
+    build.add_argument("--hard-fraction", type=float, default=benchmark.BuildConfig.hard_fraction,
+                       help="choose poses among this fraction farthest from the rest pose")
     run = commands.add_parser("run", help="reconstruct and score every case")
     run.add_argument("--bench", required=True, type=Path)
     run.add_argument("--model", required=True, action="append", type=benchmark.ModelSpec.parse,
-                     help="[NAME=]PIPELINE[+LORA]; repeat for several models")
+                     help="[NAME=]PIPELINE[+LORA], PIPELINE a folder, 'default' or 'tiny'; "
+                     "repeat for several models")
     run.add_argument("--out", type=Path, help="results folder (default: BENCH/results)")
     run.add_argument("--align", choices=ALIGNMENTS, default=benchmark.RunConfig.align)
     run.add_argument("--steps", type=int, default=benchmark.RunConfig.steps)
+    run.add_argument("--guidance", type=float, default=benchmark.RunConfig.guidance)
     run.add_argument("--points", type=int, default=benchmark.RunConfig.n_points)
     run.add_argument("--normal-size", type=int, default=benchmark.RunConfig.normal_size)
     run.add_argument("--fit-iterations", type=int, help="SMPL-X fit steps (recon default)")
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             config = benchmark.BuildConfig(count=args.count, resolution=args.resolution,
-                                           seed=args.seed)
+                                           seed=args.seed, hard_fraction=args.hard_fraction)
             manifest = benchmark.build_benchmark(args.out, assets=args.assets, poses=args.poses,
                                                  config=config, progress=True)
             print(f"{len(manifest['cases'])} cases in {args.out}")
@@ -71,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         names = [m.name for m in args.model]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must differ, got {names}; use NAME=PIPELINE")
-        config = benchmark.RunConfig(align=args.align, steps=args.steps, n_points=args.points,
-                                     normal_size=args.normal_size)
+        config = benchmark.RunConfig(align=args.align, steps=args.steps, guidance=args.guidance,
+                                     n_points=args.points, normal_size=args.normal_size)
         benchmark.load_manifest(args.bench)
         recon = recon_config(args)
         models = {m.name: benchmark.pipeline_reconstructor(m, config, recon) for m in args.model}

@@ -4,10 +4,10 @@ Build (:func:`build_benchmark`): rigged assets (glTF 2.0 skins, :mod:`drpose.eva
 the free default, the SMPL-X body, licensed or stand-in, in a per-case random palette of
 :mod:`drpose.data.synth`) x poses (SMPL-X parameter files or BVH through
 :func:`drpose.data.motion.load_motion`; default: the bundled CMU clips). ``count`` distinct hard
-poses are chosen by farthest point sampling (:mod:`drpose.data.select`) over the pose features,
-starting from the pose farthest from the rest pose; case i takes pose i and asset
-``i mod len(assets)`` (the paper: 60 scans, one distinct Mixamo pose each). Per case, in
-``cases/<id>/``:
+poses are chosen by farthest point sampling (:mod:`drpose.data.select`) over the pose features
+among the hardest half of the poses (those farthest from the rest pose), starting from the
+hardest; case i takes pose i and asset ``i mod len(assets)`` (the paper: 60 scans, one
+distinct Mixamo pose each). Per case, in ``cases/<id>/``:
 
 * ``gt.ply``: the posed mesh, world metres (y up, facing +z), face colours;
 * ``input.png`` / ``mask.png``: PSHuman's front view (rig view 0, orthographic, the body placed
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,11 +56,14 @@ SMPLX_ASSET = "smplx"  # the asset name of the default body
 @dataclass(frozen=True)
 class BuildConfig:
     """count: cases (distinct poses); resolution: input image side in pixels (PSHuman: 768);
-    seed: palette seed of the default body (case i uses ``seed + i``)."""
+    seed: palette seed of the default body (case i uses ``seed + i``); hard_fraction: poses are
+    chosen among this fraction of the rows farthest from the rest pose (:func:`select_hard_poses`:
+    a benchmark of hard poses has no near-T-pose case)."""
 
     count: int = 6
     resolution: int = 768
     seed: int = 0
+    hard_fraction: float = 0.5
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -82,15 +86,25 @@ def load_poses(paths: list[str | Path] | None) -> tuple[PoseSequence, list[str]]
     return merged, [sequences[c].source for c in clip_ids]
 
 
-def select_hard_poses(poses: PoseSequence, count: int) -> np.ndarray:
-    """(count,) distinct rows of ``poses`` by farthest point sampling over
-    :func:`~drpose.data.select.pose_features`, starting at the row farthest from the rest pose
-    (all body joint angles zero)."""
+def select_hard_poses(poses: PoseSequence, count: int, hard_fraction: float = 1.0
+                      ) -> np.ndarray:
+    """(count,) distinct rows of ``poses``: the hardest ``hard_fraction`` of the rows (largest
+    :func:`~drpose.data.select.pose_features` distance from the rest pose, all body joint
+    angles zero) are the candidates; among them, farthest point sampling starting at the row
+    farthest from the rest pose."""
+    if not 0 < hard_fraction <= 1:
+        raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction}")
     features = pose_features(poses)
     rest = PoseSequence(global_orient=np.zeros((1, 3)), body_pose=np.zeros((1, 63)),
                         transl=np.zeros((1, 3)), betas=np.zeros((1, 10)), fps=1.0, source="rest")
-    first = int(np.argmax(np.linalg.norm(features - pose_features(rest), axis=1)))
-    return farthest_point_sampling(features, count, first=first)
+    hardness = np.linalg.norm(features - pose_features(rest), axis=1)
+    keep = max(1, round(hard_fraction * len(poses)))
+    candidates = np.argsort(-hardness, kind="stable")[:keep]
+    if count > len(candidates):
+        raise ValueError(f"count={count} exceeds the {len(candidates)} hardest poses "
+                         f"(hard_fraction={hard_fraction} of {len(poses)}); lower count or "
+                         "raise hard_fraction")
+    return candidates[farthest_point_sampling(features[candidates], count, first=0)]
 
 
 @dataclass
@@ -164,9 +178,7 @@ def build_benchmark(out: str | Path, *, assets: list[str | Path] | None = None,
         raise ValueError(f"no .gltf/.glb files in {[str(a) for a in assets]}")
     rigged: list[RiggedAsset] = [load_gltf_asset(f) for f in files]
     sequence, sources = load_poses(poses)
-    if config.count > len(sequence):
-        raise ValueError(f"count={config.count} exceeds the {len(sequence)} available poses")
-    rows = select_hard_poses(sequence, config.count)
+    rows = select_hard_poses(sequence, config.count, config.hard_fraction)
     synth = RenderSynthesizer(config.resolution, model_dir=model_dir)
     model = load_smplx(model_dir) if not rigged else None
     root = Path(out)
@@ -262,8 +274,10 @@ Reconstructor = Callable[[Tensor, Tensor], Reconstruction]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to benchmark: ``pipeline`` a MultiViewPipeline folder or ``"tiny"`` (random tiny
-    components, for tests and CPU runs), optional ``lora`` folder; ``name`` labels its rows."""
+    """A model to benchmark: ``pipeline`` a MultiViewPipeline folder, ``"default"`` (the
+    pretrained tiny pipeline of ``python -m drpose.train``) or ``"tiny"`` (random-init tiny
+    components, for tests); ``lora``: a training run's LoRA folder (``trainable.safetensors``);
+    ``name`` labels its rows (:func:`load_model`)."""
 
     name: str
     pipeline: str
@@ -284,14 +298,15 @@ class RunConfig:
     metrics (:mod:`drpose.eval.metrics`; predictions are first mapped from box units to world
     metres with the case's front-view normalisation, which the input image determines up to
     depth); n_points: surface samples; normal_size: normal image side; worst: cases shown in
-    ``worst_cases.png``; steps: denoising steps; recon: ``drpose.recon`` options (None:
-    defaults)."""
+    ``worst_cases.png``; steps, guidance: DDIM steps and CFG scale (PSHuman: 40, 3); seed: of
+    the generation noise and the surface sampling."""
 
     align: str = "bbox"
     n_points: int = 100_000
     normal_size: int = 512
     worst: int = 3
     steps: int = 40
+    guidance: float = 3.0
     seed: int = 0
 
 
@@ -381,7 +396,9 @@ def run_benchmark(bench: str | Path, models: dict[str, Reconstructor], out: str 
 
     ``models``: name -> :data:`Reconstructor`. Each finished case writes
     ``out/cases/<model>/<case>.json`` (atomically) and ``<case>.ply`` (the mesh, box units); a
-    rerun skips cases whose JSON exists. Then writes ``results.csv``, ``results.md`` and
+    reconstructor that raises is recorded as a failed case (NaN metrics and an ``error`` field,
+    with a warning) and the run goes on. A rerun skips cases whose JSON exists (delete a failed
+    case's JSON to retry it). Then writes ``results.csv``, ``results.md`` and
     ``worst_cases.png`` (:func:`write_tables`, :func:`write_worst_cases`) and returns the rows
     (one per model and case).
     """
@@ -398,10 +415,17 @@ def run_benchmark(bench: str | Path, models: dict[str, Reconstructor], out: str 
             rows.append(json.loads(path.read_text()))
             continue
         case = load_case(bench, entry)
-        result = models[name](case.image, case.mask)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(path.with_suffix(".ply"), result.mesh.export(file_type="ply"))
-        row = {"model": name, "case": case.id, **score_case(case, result, config)}
+        try:
+            result = models[name](case.image, case.mask)
+        except Exception as error:  # a model that fails on one case is scored as failed there
+            row = {"model": name, "case": case.id, "align": config.align,
+                   **{key: float("nan") for key, _ in METRIC_COLUMNS},
+                   "error": f"{type(error).__name__}: {error}"}
+            warnings.warn(f"{name} failed on {case.id}: {row['error']}", stacklevel=2)
+        else:
+            _atomic_write_bytes(path.with_suffix(".ply"), result.mesh.export(file_type="ply"))
+            row = {"model": name, "case": case.id, **score_case(case, result, config)}
         write_json(path, row)
         rows.append(row)
     write_tables(rows, out, models=list(models), config=config)
@@ -415,50 +439,58 @@ def _fmt(value: float) -> str:
 
 def write_tables(rows: list[dict[str, Any]], out: str | Path, *, models: list[str],
                  config: RunConfig) -> None:
-    """``results.csv`` (one line per model and case, then one ``mean`` line per model) and
-    ``results.md``: the paper's layout (methods as rows, metrics as columns, means over cases),
-    then a per-case table (case x model rows). Means ignore NaN (metrics a model lacks)."""
+    """``results.csv`` (one line per model and case, then one ``mean`` line per model; a failed
+    case has empty metrics and its ``error``) and ``results.md``: the paper's layout (methods as
+    rows, metrics as columns, means over the cases the model reconstructed, and how many it
+    failed), then a per-case table (case x model rows). Means ignore NaN (metrics a model lacks,
+    failed cases)."""
     import csv
     import io
 
     out = Path(out)
     keys = [k for k, _ in METRIC_COLUMNS]
-    means = {}
+    means, failed = {}, {}
     for model in models:
         mine = [r for r in rows if r["model"] == model]
+        failed[model] = sum("error" in r for r in mine)
         means[model] = {k: (float(np.nanmean(values)) if np.isfinite(
             values := np.array([r[k] for r in mine], float)).any() else float("nan"))
             for k in keys}
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["model", "case", *keys, "align"])
+    writer.writerow(["model", "case", *keys, "align", "error"])
     for r in rows:
-        writer.writerow([r["model"], r["case"], *(r[k] for k in keys), r["align"]])
+        writer.writerow([r["model"], r["case"], *(r[k] for k in keys), r["align"],
+                         r.get("error", "")])
     for model in models:
-        writer.writerow([model, "mean", *(means[model][k] for k in keys), config.align])
+        writer.writerow([model, "mean", *(means[model][k] for k in keys), config.align,
+                         f"{failed[model]} failed" if failed[model] else ""])
     _atomic_write_bytes(out / "results.csv", text.getvalue().encode())
-    header = "| method | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |"
-    rule = "|---|" + "---|" * len(METRIC_COLUMNS)
+    header = "| method | " + " | ".join(label for _, label in METRIC_COLUMNS) + " | failed |"
+    rule = "|---|" + "---|" * (len(METRIC_COLUMNS) + 1)
     cases = sorted({r["case"] for r in rows})
     lines = [f"# MixamoRP-style benchmark ({len(cases)} cases)", "",
              f"Alignment before surface and normal metrics: `{config.align}` "
-             f"({config.n_points} surface points, normal images {config.normal_size}²).", "",
-             header, rule]
-    lines += [f"| {m} | " + " | ".join(_fmt(means[m][k]) for k in keys) + " |" for m in models]
-    lines += ["", "## Per case", "", header.replace("| method |", "| case | method |"),
-              "|---" + rule]
+             f"({config.n_points} surface points, normal images {config.normal_size}²). "
+             "Means are over the cases a method reconstructed.", "", header, rule]
+    lines += [f"| {m} | " + " | ".join(_fmt(means[m][k]) for k in keys)
+              + f" | {failed[m]} |" for m in models]
+    lines += ["", "## Per case", "", header.replace("| method |", "| case | method |")
+              .replace("| failed |", "| error |"), "|---" + rule]
     for case in cases:
         for r in rows:
             if r["case"] == case:
                 lines.append(f"| {case} | {r['model']} | "
-                             + " | ".join(_fmt(r[k]) for k in keys) + " |")
+                             + " | ".join(_fmt(r[k]) for k in keys)
+                             + f" | {r.get('error', '')} |")
     _atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
 
 
 def write_worst_cases(bench: str | Path, rows: list[dict[str, Any]], out: str | Path, *,
                       models: list[str], count: int = 3, size: int = 256) -> Path:
-    """``worst_cases.png``: the ``count`` cases of highest Chamfer distance (mean over models),
-    one row each: input | ground truth | each model's mesh (front renders, Lambert-shaded)."""
+    """``worst_cases.png``: the ``count`` worst cases, one row each: input | ground truth | each
+    model's mesh (front renders, Lambert-shaded; a grey tile where the model failed). Worst:
+    cases some model failed on first, then highest Chamfer distance (mean over models)."""
     from drpose.recon import turntable
     from drpose.render.conditions import save_view_grid
 
@@ -466,7 +498,7 @@ def write_worst_cases(bench: str | Path, rows: list[dict[str, Any]], out: str | 
     manifest = load_manifest(bench)
     chamfer: dict[str, list[float]] = {}
     for r in rows:
-        chamfer.setdefault(r["case"], []).append(r["chamfer_cm"])
+        chamfer.setdefault(r["case"], []).append(np.inf if "error" in r else r["chamfer_cm"])
     worst = sorted(chamfer, key=lambda c: -np.mean(chamfer[c]))[:count]
     entries = {e["id"]: e for e in manifest["cases"]}
     tiles = []
@@ -476,51 +508,66 @@ def write_worst_cases(bench: str | Path, rows: list[dict[str, Any]], out: str | 
                                                 mode="bilinear", antialias=True)[0]
         row = [image]
         box = case.normalization.apply(torch.from_numpy(np.asarray(case.gt.vertices))[None])[0]
-        meshes = [(box.float(), torch.from_numpy(np.asarray(case.gt.faces)))]
+        meshes = [trimesh.Trimesh(box.numpy(), case.gt.faces, process=False)]
         for model in models:
-            pred = trimesh.load(_result_path(out, model, case_id).with_suffix(".ply"),
-                                force="mesh", process=False)
-            meshes.append((torch.from_numpy(np.asarray(pred.vertices)).float(),
-                           torch.from_numpy(np.asarray(pred.faces))))
-        row += [turntable(v, f, None, size, azimuths=1)[0] for v, f in meshes]
+            path = _result_path(out, model, case_id).with_suffix(".ply")
+            meshes.append(trimesh.load(path, force="mesh", process=False)
+                          if path.is_file() else None)
+        row += [torch.full((3, size, size), 0.5) if mesh is None else turntable(
+            torch.from_numpy(np.asarray(mesh.vertices)).float(),
+            torch.from_numpy(np.asarray(mesh.faces)), None, size, azimuths=1)[0]
+            for mesh in meshes]
         tiles.append(torch.stack(row))
     return save_view_grid(torch.stack(tiles), out / "worst_cases.png")
 
 
+def load_model(spec: ModelSpec, seed: int = 0) -> Any:
+    """The :class:`drpose.pipelines.MultiViewPipeline` of a spec: ``"tiny"`` (random-init tiny
+    components), ``"default"`` (the pretrained tiny pipeline ``python -m drpose.train`` builds
+    and caches) or a local folder; plus the LoRA adapters of a training run
+    (``trainable.safetensors``, :func:`drpose.infer.load_lora`). On the GPU when there is one."""
+    from drpose.infer import default_pipeline_dir, load_lora
+    from drpose.pipelines import MultiViewPipeline
+
+    if spec.pipeline == "tiny":
+        pipe = MultiViewPipeline.tiny(seed=seed)
+    elif spec.pipeline == "default":
+        folder = default_pipeline_dir()
+        if folder is None:
+            raise FileNotFoundError("--model default: the default pipeline is not built yet; "
+                                    "`python -m drpose.train` builds it")
+        pipe = MultiViewPipeline.from_pretrained(folder)
+    else:
+        pipe = MultiViewPipeline.from_pretrained(spec.pipeline)
+    if spec.lora is not None:
+        load_lora(pipe, spec.lora)
+    return pipe.to("cuda") if torch.cuda.is_available() else pipe
+
+
 def pipeline_reconstructor(spec: ModelSpec, config: RunConfig = RunConfig(),
                            recon: Any = None) -> Reconstructor:
-    """The real :data:`Reconstructor`: :class:`drpose.pipelines.MultiViewPipeline` (``"tiny"``
-    or a local folder; a LoRA folder is a peft adapter of the UNet, merged) generates the views
-    from the input resized to the VAE's sample size, :func:`drpose.recon.reconstruct` carves
-    them (``recon``: a :class:`drpose.recon.ReconConfig`, None: its defaults)."""
-    from drpose.pipelines import MultiViewPipeline
-    from drpose.recon import ReconConfig, prepare_views, reconstruct
+    """The real :data:`Reconstructor`, exactly ``python -m drpose.infer``'s path: the case's
+    image and mask are framed and the views generated (:func:`drpose.infer.generate_views`,
+    model from :func:`load_model`), then carved (:func:`drpose.infer.reconstruct_views`;
+    ``recon``: a :class:`drpose.recon.ReconConfig`, None: its defaults)."""
+    from drpose.infer import generate_views, reconstruct_views
+    from drpose.recon import ReconConfig
 
-    pipe = (MultiViewPipeline.tiny(seed=config.seed) if spec.pipeline == "tiny"
-            else MultiViewPipeline.from_pretrained(spec.pipeline))
-    if spec.lora is not None:
-        from peft import PeftModel
-
-        pipe.unet = PeftModel.from_pretrained(pipe.unet, spec.lora).merge_and_unload()
+    pipe = load_model(spec, config.seed)
     body = load_smplx()
     recon = recon or ReconConfig()
-    side = int(pipe.vae.config.sample_size)
 
-    @torch.no_grad()
     def run(image: Tensor, mask: Tensor) -> Reconstruction:
-        del mask  # the input is composited on white; the pipeline sees the image only
-        small = torch.nn.functional.interpolate(image[None], size=(side, side),
-                                                mode="bilinear", antialias=True).clamp(0, 1)
-        generator = torch.Generator().manual_seed(config.seed)
-        output = pipe(small, num_inference_steps=config.steps, generator=generator)
-        views = prepare_views(output.normals[0], output.colours[0])
-        with torch.enable_grad():
-            result = reconstruct(views, body, recon)
+        output, framed, framed_mask = generate_views(
+            pipe, image.permute(1, 2, 0).numpy(), mask[0].numpy() > 0.5, steps=config.steps,
+            guidance=config.guidance, seed=config.seed)
+        result = reconstruct_views(output, framed, framed_mask, body, recon)
         fit = result.fit
-        joints = posed_body(body, fit.body_pose, fit.global_orient, betas=fit.betas).joints
+        with torch.no_grad():
+            joints = posed_body(body, fit.body_pose, fit.global_orient, betas=fit.betas).joints
         joints = ((joints[0, :NUM_BODY_JOINTS] - fit.rest_centre) * fit.scale
                   + fit.translation)
         return Reconstruction(mesh=result.mesh, joints=joints.double().numpy(),
-                              views=output.colours[0, :6].float())
+                              views=output.colours[0, :6].float().cpu())
 
     return run
