@@ -103,6 +103,22 @@ def test_skel_stage_metrics_and_posescore(tiny_skel, tiny_renders):
     assert score.shape == (2,) and torch.all(score < 0)
 
 
+def test_true_views_score_is_g_skels_own_pose_score(tiny_skel, tiny_renders, tiny_vae):
+    """posescore_true_views (metrics.json of the reward stage) scores the held-out renders
+    exactly as the skel stage's held-out evaluation scores a latent with its own pose."""
+    from drpose.train.reward import rendered_posescore
+
+    folder, metrics = tiny_skel
+    pipe = MultiViewPipeline.tiny(seed=0)
+    pipe.vae = load_vae(tiny_vae)
+    held = MultiViewRenders.load(tiny_renders).subset("eval")
+    score = rendered_posescore(pipe, skel.load_posescore(folder), held, len(held))
+    assert score == pytest.approx(metrics["posescore_own"], rel=1e-5)
+    assert score > metrics["posescore_other"]  # g_skel tells the true pose from the others
+    two = rendered_posescore(pipe, skel.load_posescore(folder), held, 2)
+    assert two != pytest.approx(score, rel=1e-6)
+
+
 def test_ensure_default_reuses_finished_stages(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage ran again")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -58,6 +59,7 @@ class RewardConfig:
     kl_weight: float = 0.01         # w_KL
     finetune: str = "lora"          # "lora" | "full"
     lora_rank: int = 8
+    lora_targets: tuple[str, ...] = LORA_TARGETS  # peft target module names of the UNet
     offload_reference: bool = False  # full fine-tuning: keep the frozen copy on the CPU
     gradient_checkpointing: bool = True
     batch_size: int = 1
@@ -114,7 +116,7 @@ class RewardTuner:
         if config.finetune == "lora":
             unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
                                         init_lora_weights="gaussian",
-                                        target_modules=list(LORA_TARGETS)))
+                                        target_modules=list(config.lora_targets)))
             # peft initialises B = 0: the adapted model starts equal to the base model
         else:
             device = "cpu" if config.offload_reference else pipe.device
@@ -207,6 +209,19 @@ def default_data(cache: Path, eval_samples: int) -> tuple[RewardData, RewardData
     keep = slice(0, eval_samples)
     return (RewardData(train.images(), train.normalized_joints()),
             RewardData(held.images(keep), held.normalized_joints(keep)))
+
+
+@torch.no_grad()
+def rendered_posescore(pipe: MultiViewPipeline, reward: PoseScore, held: MultiViewRenders,
+                       eval_samples: int) -> float:
+    """Mean PoseScore of the first ``eval_samples`` held-out poses' true views (``held``: the
+    renders' held-out split, VAE-encoded as the pipeline encodes images): what a model that
+    generated exactly the right pose would score, the scale against which ``posescore_before``
+    -> ``posescore_after`` is read (metrics.json: ``posescore_true_views``)."""
+    keep = slice(0, eval_samples)
+    latents = skel_stage.view_latents(pipe.vae, held, index=keep)
+    body = pipe.unet.config.num_body_views
+    return float(reward(latents[:, :body], held.normalized_joints(keep)).mean())
 
 
 def drpose15k_data(folder: str | Path, held_out: int, eval_samples: int
@@ -314,11 +329,21 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
     reward = skel_stage.load_posescore(skel_dir)
     metrics = train_reward(config, pipe, reward, train_data, eval_data, resume=resume)
+    if "posescore_after" not in metrics:
+        return metrics
+    if config.data is None:
+        held = MultiViewRenders.load(pretrain.ensure_renders(cache)).subset("eval")
+        metrics["posescore_true_views"] = rendered_posescore(pipe, reward, held,
+                                                             config.eval_samples)
     metrics = {**metrics, "setup_s": setup_s, "total_s": time.perf_counter() - started}
-    if "posescore_after" in metrics:
-        print(f"PoseScore on {len(eval_data)} held-out poses: before "
-              f"{metrics['posescore_before']:.4f} -> after {metrics['posescore_after']:.4f} "
-              f"({config.train.run_dir / 'metrics.json'})")
+    path = config.train.run_dir / "metrics.json"
+    if PartialState().is_main_process:  # add the scale and the timings
+        _write_json(path, {**json.loads(path.read_text()), **metrics})
+    scale = (f" (true views: {metrics['posescore_true_views']:.4f})"
+             if "posescore_true_views" in metrics else "")
+    print(f"PoseScore on {len(eval_data)} held-out poses: before "
+          f"{metrics['posescore_before']:.4f} -> after {metrics['posescore_after']:.4f}"
+          f"{scale} ({path})")
     return metrics
 
 

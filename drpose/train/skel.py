@@ -74,10 +74,11 @@ Config = SkelConfig  # the stage's config for ``python -m drpose.train skel``
 
 
 @torch.no_grad()
-def view_latents(vae: AutoencoderKL, data: MultiViewRenders, chunk: int = 48) -> Tensor:
-    """``(N, V, 8, h, w)``: ``[normal | colour]`` latents of every view of ``data``:
+def view_latents(vae: AutoencoderKL, data: MultiViewRenders, chunk: int = 48,
+                 index: slice | Tensor = slice(None)) -> Tensor:
+    """``(N, V, 8, h, w)``: ``[normal | colour]`` latents of every view of ``data[index]``:
     ``vae.encode(2x - 1).latent_dist.mode() * scaling_factor`` (the pipeline's encoding)."""
-    normals, colours = data.views()
+    normals, colours = data.views(index)
     both = torch.stack([normals, colours], dim=2)  # (N, V, 2, 3, R, R)
     flat = both.flatten(0, 2)
     scale = vae.config.scaling_factor
