@@ -111,6 +111,10 @@ def test_train_reward_writes_metrics_grids_and_lora(tmp_path):
     saved = json.loads((run / "metrics.json").read_text())
     assert {"posescore_before", "posescore_after"} <= set(saved)
     assert saved["posescore_before"] == pytest.approx(metrics["posescore_before"])
+    each = saved["posescore_before_each"], saved["posescore_after_each"]
+    assert len(each[0]) == len(each[1]) == len(data)
+    assert saved["posescore_after"] == pytest.approx(sum(each[1]) / len(data))
+    assert saved["improved"] == sum(a > b for a, b in zip(each[1], each[0], strict=True))
     assert (run / "grid_before.png").is_file() and (run / "grid_after.png").is_file()
     assert any((run / "grids").glob("step_*.png"))
     assert (run / "lora" / "trainable.safetensors").is_file()

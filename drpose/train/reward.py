@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import mean
 
 import torch
 from accelerate import PartialState
@@ -186,8 +187,8 @@ class RewardTuner:
                                  "stop_step": plan.stop}, x0=result.x0)
 
     @torch.no_grad()
-    def evaluate(self, data: RewardData, *, reference: bool = False) -> float:
-        """Mean PoseScore of full gradient-free rollouts from fixed noise (one per sample)."""
+    def evaluate(self, data: RewardData, *, reference: bool = False) -> list[float]:
+        """PoseScore of each sample's full gradient-free rollout from fixed noise."""
         config = self.config
         scores = []
         context = self.reference_model() if reference else contextlib.nullcontext()
@@ -199,7 +200,7 @@ class RewardTuner:
                 x0 = sample(self.pipe, cond, num_steps=config.num_steps,
                             guidance_scale=config.guidance_scale, eta=0.0, generator=generator)
                 scores.append(self.reward(self.body_latents(x0), joints))
-        return float(torch.cat(scores).mean())
+        return torch.cat(scores).tolist()
 
 
 def default_data(cache: Path, eval_samples: int) -> tuple[RewardData, RewardData]:
@@ -278,7 +279,8 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     metrics = json.loads(metrics_path.read_text()) if resumed and metrics_path.is_file() else {}
     main = trainer.accelerator.is_main_process
     if "posescore_before" not in metrics:
-        metrics["posescore_before"] = tuner.evaluate(eval_data, reference=True)
+        metrics["posescore_before_each"] = tuner.evaluate(eval_data, reference=True)
+        metrics["posescore_before"] = mean(metrics["posescore_before_each"])
         if main:
             _write_json(metrics_path, {**metrics, "config": asdict(config)})
             with tuner.reference_model():
@@ -299,7 +301,10 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     trainer.close()
     if trainer.step < config.train.steps:
         return {**metrics, **last}
-    metrics["posescore_after"] = tuner.evaluate(eval_data)
+    after = metrics["posescore_after_each"] = tuner.evaluate(eval_data)
+    metrics["posescore_after"] = mean(after)
+    metrics["improved"] = sum(a > b for a, b in zip(after, metrics["posescore_before_each"],
+                                                    strict=True))
     metrics["steps"] = trainer.step
     if main:
         _write_json(metrics_path, {**metrics, "config": asdict(config)})
@@ -343,7 +348,7 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
              if "posescore_true_views" in metrics else "")
     print(f"PoseScore on {len(eval_data)} held-out poses: before "
           f"{metrics['posescore_before']:.4f} -> after {metrics['posescore_after']:.4f}"
-          f"{scale} ({path})")
+          f"{scale}, better on {metrics['improved']} of {len(eval_data)} ({path})")
     return metrics
 
 
