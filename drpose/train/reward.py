@@ -51,7 +51,7 @@ class RewardConfig:
     """Reward fine-tuning options (the defaults are the paper's where it states them)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        name="drpose", steps=100, lr=3e-3, checkpoint_every=25, log_every=5))
+        name="drpose", steps=100, lr=1e-2, checkpoint_every=25, log_every=5))
     num_steps: int = 20             # T: DDIM steps of a rollout
     trained_steps: int = 2          # K: steps that keep gradients
     early_stop: int = 8             # m: the rollout stops at a random step <= m before the end
