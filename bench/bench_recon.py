@@ -9,7 +9,9 @@ carving step (losses, backward, Adam) for the per-iteration cost.
 Memory: the stages spend much of their time in scipy / pymeshlab, which the shared tensor-memory
 counter cannot see, so only the single carving step reports a peak (its tensors are all torch).
 
-Measured (AMD EPYC, 2 cores, torch 2.13 CPU, other jobs running, OMP_WAIT_POLICY=PASSIVE): fit
+Measured on the quiet machine (AMD EPYC, 2 cores, torch 2.13 CPU, OpenMP default waits): fit
+9.5 s, carve 9.0 s (one step 80 ms), Poisson + colours 1.5 s: about 20 s per subject.
+Measured (same machine, other jobs running, OMP_WAIT_POLICY=PASSIVE): fit
 12.4 s, carve 12.1 s (one step 104 ms, 29 MB peak, ~13K triangles), Poisson + colours 1.4 s: about
 26 s per subject. With the default (spinning) OpenMP wait policy on the same busy machine the
 same run took 97 s + 154 s (one step 2.2 s): two-thread OpenMP regions spin against other

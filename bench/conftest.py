@@ -78,14 +78,18 @@ def measure(benchmark):
     """measure(fn, group=, label=, baseline=False, bytes_moved=None): time and peak memory."""
 
     def run(fn, *, group: str, label: str, baseline: bool = False,
-            bytes_moved: int | None = None, rounds: int = 5, memory: bool = True) -> None:
+            bytes_moved: int | None = None, rounds: int = 5, memory: bool = True,
+            warmup: bool = True) -> None:
         """``memory=False`` for compiled functions on CPU: the dispatch mode would not see
-        inside a compiled graph, so no number is reported rather than a wrong one."""
-        fn()  # warm-up (and torch.compile's compilation), outside the timing
+        inside a compiled graph, so no number is reported rather than a wrong one.
+        ``warmup=False`` for runs of minutes (a whole benchmark): ``fn`` runs ``rounds`` times
+        and nothing else, the first round included in the timing."""
+        if warmup:
+            fn()  # warm-up (and torch.compile's compilation), outside the timing
         peak = peak_memory_bytes(fn) if memory or torch.cuda.is_available() else None
         benchmark.group = group
         benchmark.extra_info.update(label=label, peak_bytes=peak, baseline=baseline)
-        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=int(warmup))
         RESULTS.setdefault(group, {})[label] = Result(benchmark.stats.stats.median, peak,
                                                      baseline, bytes_moved)
 
