@@ -8,11 +8,11 @@ Stages (a tqdm bar each; the wall time of each is printed at the end):
    connected component, holes filled);
 2. framing as PSHuman's input preprocessing (``single_image_dataset.py``): crop to the mask's box,
    resize so its longer side is 740/768 of the side, centre on a white square;
-3. multi-view generation (:class:`drpose.pipelines.MultiViewPipeline`): ``--pipeline DIR`` (a
-   local folder, ``from_pretrained``), else the project's default pretrained pipeline when
-   ``python -m drpose.train`` has built it, else the random-init tiny pipeline with a warning
-   (shapes only); optionally with ``--lora DIR`` (a training checkpoint's
-   ``trainable.safetensors``);
+3. multi-view generation (:class:`drpose.pipelines.MultiViewPipeline`, :func:`load_pipeline`):
+   ``--pipeline DIR`` (a local folder, ``from_pretrained``; or ``default`` / ``tiny``), else the
+   project's default pretrained pipeline when ``python -m drpose.train`` has built it, else the
+   random-init tiny pipeline with a warning (shapes only); optionally with ``--lora DIR`` (a
+   training checkpoint's ``trainable.safetensors``);
 4. reconstruction (:mod:`drpose.recon`): as PSHuman, the front colour view is replaced by the
    input image; the input mask is the front view's mask and, mirrored as the network outputs the
    back view, the back view's (an orthographic back silhouette is the front one mirrored);
@@ -163,20 +163,28 @@ def default_pipeline_dir() -> Path | None:
     return folder if (folder / pretrain.DONE_FILE).is_file() else None
 
 
-def load_pipeline(pipeline_dir: str | Path | None, lora_dir: str | Path | None
-                  ) -> MultiViewPipeline:
-    """The given local pipeline, else the default pretrained one when built, else the
-    random-init tiny one (with a warning); on the GPU when there is one (reconstruction itself
-    runs on the CPU)."""
-    if pipeline_dir is None:
-        pipeline_dir = default_pipeline_dir()
-    if pipeline_dir is None:
-        warnings.warn("no --pipeline given and no default pipeline built (python -m drpose.train "
-                      "builds it): using MultiViewPipeline.tiny(), RANDOM-INIT weights; the views "
-                      "and the mesh only exercise the code path", stacklevel=2)
-        pipe = MultiViewPipeline.tiny()
-    else:
-        pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
+def load_pipeline(pipeline: str | Path | None, lora_dir: str | Path | None, *,
+                  seed: int = 0) -> MultiViewPipeline:
+    """The multi-view pipeline, on the GPU when there is one (reconstruction itself runs on the
+    CPU). ``pipeline``: a local folder; ``"default"``: the project's default pretrained one
+    (FileNotFoundError when ``python -m drpose.train`` has not built it); ``"tiny"``:
+    random-init tiny components (``seed``); None: the default one when built, else the tiny
+    one with a warning. ``lora_dir``: adapters of a training run (:func:`load_lora`)."""
+    if pipeline is None:
+        pipeline = default_pipeline_dir()
+        if pipeline is None:
+            warnings.warn("no --pipeline given and no default pipeline built (python -m "
+                          "drpose.train builds it): using MultiViewPipeline.tiny(), RANDOM-INIT "
+                          "weights; the views and the mesh only exercise the code path",
+                          stacklevel=2)
+            pipeline = "tiny"
+    elif str(pipeline) == "default":
+        pipeline = default_pipeline_dir()
+        if pipeline is None:
+            raise FileNotFoundError("pipeline 'default': the default pipeline is not built yet; "
+                                    "`python -m drpose.train` builds it")
+    pipe = (MultiViewPipeline.tiny(seed=seed) if str(pipeline) == "tiny"
+            else MultiViewPipeline.from_pretrained(pipeline))
     if lora_dir is not None:
         load_lora(pipe, lora_dir)
     return pipe.to("cuda") if torch.cuda.is_available() else pipe
@@ -222,7 +230,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("image", type=Path, help="photo of one person (RGB or RGBA)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--mask", type=Path, help="person mask image (white = person)")
-    parser.add_argument("--pipeline", type=Path, help="local MultiViewPipeline folder")
+    parser.add_argument("--pipeline", type=Path, help="local MultiViewPipeline folder, "
+                        "'default' or 'tiny' (default: the default pipeline when built)")
     parser.add_argument("--lora", type=Path, help="training checkpoint folder with LoRA weights")
     parser.add_argument("--smplx-dir", type=Path, help="SMPL-X model folder (default: "
                         "$DRPOSE_SMPLX_DIR or the stand-in)")

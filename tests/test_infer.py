@@ -115,3 +115,21 @@ def test_pipeline_folder_is_loaded(tmp_path):
     expected = MultiViewPipeline.tiny(seed=3).unet.state_dict()
     for name, value in loaded.unet.state_dict().items():
         torch.testing.assert_close(value, expected[name])
+
+
+def test_pipeline_names(monkeypatch, tmp_path):
+    from drpose.pipelines import MultiViewPipeline
+
+    monkeypatch.setattr(infer, "default_pipeline_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match="not built yet"):
+        infer.load_pipeline("default", None)
+    tiny = infer.load_pipeline("tiny", None, seed=3)
+    expected = MultiViewPipeline.tiny(seed=3).unet.state_dict()
+    for name, value in tiny.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[name])
+    MultiViewPipeline.tiny(seed=5).save_pretrained(tmp_path / "pipe")
+    monkeypatch.setattr(infer, "default_pipeline_dir", lambda: tmp_path / "pipe")
+    default = infer.load_pipeline("default", None)
+    expected = MultiViewPipeline.tiny(seed=5).unet.state_dict()
+    for name, value in default.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[name])

@@ -277,7 +277,7 @@ class ModelSpec:
     """A model to benchmark: ``pipeline`` a MultiViewPipeline folder, ``"default"`` (the
     pretrained tiny pipeline of ``python -m drpose.train``) or ``"tiny"`` (random-init tiny
     components, for tests); ``lora``: a training run's LoRA folder (``trainable.safetensors``);
-    ``name`` labels its rows (:func:`load_model`)."""
+    ``name`` labels its rows (:func:`drpose.infer.load_pipeline`)."""
 
     name: str
     pipeline: str
@@ -521,39 +521,17 @@ def write_worst_cases(bench: str | Path, rows: list[dict[str, Any]], out: str | 
     return save_view_grid(torch.stack(tiles), out / "worst_cases.png")
 
 
-def load_model(spec: ModelSpec, seed: int = 0) -> Any:
-    """The :class:`drpose.pipelines.MultiViewPipeline` of a spec: ``"tiny"`` (random-init tiny
-    components), ``"default"`` (the pretrained tiny pipeline ``python -m drpose.train`` builds
-    and caches) or a local folder; plus the LoRA adapters of a training run
-    (``trainable.safetensors``, :func:`drpose.infer.load_lora`). On the GPU when there is one."""
-    from drpose.infer import default_pipeline_dir, load_lora
-    from drpose.pipelines import MultiViewPipeline
-
-    if spec.pipeline == "tiny":
-        pipe = MultiViewPipeline.tiny(seed=seed)
-    elif spec.pipeline == "default":
-        folder = default_pipeline_dir()
-        if folder is None:
-            raise FileNotFoundError("--model default: the default pipeline is not built yet; "
-                                    "`python -m drpose.train` builds it")
-        pipe = MultiViewPipeline.from_pretrained(folder)
-    else:
-        pipe = MultiViewPipeline.from_pretrained(spec.pipeline)
-    if spec.lora is not None:
-        load_lora(pipe, spec.lora)
-    return pipe.to("cuda") if torch.cuda.is_available() else pipe
-
-
 def pipeline_reconstructor(spec: ModelSpec, config: RunConfig = RunConfig(),
                            recon: Any = None) -> Reconstructor:
-    """The real :data:`Reconstructor`, exactly ``python -m drpose.infer``'s path: the case's
-    image and mask are framed and the views generated (:func:`drpose.infer.generate_views`,
-    model from :func:`load_model`), then carved (:func:`drpose.infer.reconstruct_views`;
-    ``recon``: a :class:`drpose.recon.ReconConfig`, None: its defaults)."""
-    from drpose.infer import generate_views, reconstruct_views
+    """The real :data:`Reconstructor`, exactly ``python -m drpose.infer``'s path: the model
+    from :func:`drpose.infer.load_pipeline`; the case's image and mask framed and the views
+    generated (:func:`drpose.infer.generate_views`), then carved
+    (:func:`drpose.infer.reconstruct_views`; ``recon``: a :class:`drpose.recon.ReconConfig`,
+    None: its defaults)."""
+    from drpose.infer import generate_views, load_pipeline, reconstruct_views
     from drpose.recon import ReconConfig
 
-    pipe = load_model(spec, config.seed)
+    pipe = load_pipeline(spec.pipeline, spec.lora, seed=config.seed)
     body = load_smplx()
     recon = recon or ReconConfig()
 
