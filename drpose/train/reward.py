@@ -203,9 +203,8 @@ class RewardTuner:
         return torch.cat(scores).tolist()
 
 
-def default_data(cache: Path, eval_samples: int) -> tuple[RewardData, RewardData]:
-    """The default multi-view renders' train and held-out (image, joints) pairs."""
-    renders = MultiViewRenders.load(pretrain.ensure_renders(cache))
+def default_data(renders: MultiViewRenders, eval_samples: int) -> tuple[RewardData, RewardData]:
+    """The multi-view renders' train and held-out (image, joints) pairs."""
     train, held = renders.subset("train"), renders.subset("eval")
     keep = slice(0, eval_samples)
     return (RewardData(train.images(), train.normalized_joints()),
@@ -326,8 +325,10 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     started = time.perf_counter()
     pipeline_dir = config.pipeline or pretrain.ensure_default(cache)
     skel_dir = config.skel or skel_stage.ensure_default(cache)
+    renders = None
     if config.data is None:
-        train_data, eval_data = default_data(cache, config.eval_samples)
+        renders = MultiViewRenders.load(pretrain.ensure_renders(cache))
+        train_data, eval_data = default_data(renders, config.eval_samples)
     else:
         train_data, eval_data = drpose15k_data(config.data, config.held_out, config.eval_samples)
     setup_s = time.perf_counter() - started
@@ -336,9 +337,8 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     metrics = train_reward(config, pipe, reward, train_data, eval_data, resume=resume)
     if "posescore_after" not in metrics:
         return metrics
-    if config.data is None:
-        held = MultiViewRenders.load(pretrain.ensure_renders(cache)).subset("eval")
-        metrics["posescore_true_views"] = rendered_posescore(pipe, reward, held,
+    if renders is not None:
+        metrics["posescore_true_views"] = rendered_posescore(pipe, reward, renders.subset("eval"),
                                                              config.eval_samples)
     metrics = {**metrics, "setup_s": setup_s, "total_s": time.perf_counter() - started}
     path = config.train.run_dir / "metrics.json"
