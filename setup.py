@@ -56,8 +56,7 @@ def main() -> None:
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        packages=[*find_packages(include=["drpose", "drpose.*"]), "drpose_kernels"],
-        package_dir={"drpose_kernels": "kernels"},
+        packages=find_packages(include=["drpose", "drpose.*", "drpose_kernels"]),
         package_data={"drpose": ["data/assets/*"]},
         ext_modules=extensions(),
         cmdclass={"build_ext": BuildExtension},
