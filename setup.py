@@ -57,7 +57,7 @@ def main() -> None:
 
     setup(
         packages=find_packages(include=["drpose", "drpose.*", "drpose_kernels"]),
-        package_data={"drpose": ["data/assets/*"]},
+        package_data={"drpose": ["motion/assets/*"]},
         ext_modules=extensions(),
         cmdclass={"build_ext": BuildExtension},
     )

@@ -1,11 +1,11 @@
 """Motion import and pose selection: BVH fitting speed and error, FPS over 300K poses.
 
-- ``bvh fit``: :func:`drpose.data.bvh_fit.fit_bvh` on CMU 01_01 (Debian ``assimp-testmodels``;
+- ``bvh fit``: :func:`drpose.motion.bvh_fit.fit_bvh` on CMU 01_01 (Debian ``assimp-testmodels``;
   without it, a synthetic BVH of the SMPL-X skeleton), 256 frames at 30 fps; poses per second and
   the mean per-joint error (mm) are in ``extra_info``.
 - ``fit step``: one loss forward+backward for 64 frames, joints through
-  :class:`drpose.data.body_joints.BodyJoints` against the full ``smplx.SMPLX`` forward (baseline).
-- ``fps 300K poses``: :func:`drpose.data.select.farthest_point_sampling` on 300,000 synthetic
+  :class:`drpose.motion.body_joints.BodyJoints` against the full ``smplx.SMPLX`` forward (baseline).
+- ``fps 300K poses``: :func:`drpose.motion.select.farthest_point_sampling` on 300,000 synthetic
   poses (:func:`synthetic_motion`: 300 clips of 1,000 frames wandering between the packaged CMU
   poses) with 1,500 anchors; and, at 150 anchors, against textbook FPS in torch (a full distance
   pass per pick; its cost per pick is constant, so x10 gives its 1,500-anchor time).
@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from drpose.body import StandInModelWarning, load_smplx
-from drpose.data.body_joints import BodyJoints
-from drpose.data.bvh import format_bvh
-from drpose.data.bvh_fit import fit_bvh
-from drpose.data.motion import PoseSequence, default_pose_sequences
-from drpose.data.select import farthest_point_sampling, pose_features
+from drpose.motion.body_joints import BodyJoints
+from drpose.motion.bvh import format_bvh
+from drpose.motion.bvh_fit import fit_bvh
+from drpose.motion.sequence import PoseSequence, default_pose_sequences
+from drpose.motion.select import farthest_point_sampling, pose_features
 
 CMU_CLIP = Path("/usr/share/assimp/models/BVH/01_01.bvh")
 FIT_FRAMES = 256

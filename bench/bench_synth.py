@@ -20,7 +20,7 @@ import torch
 
 from drpose.body import StandInModelWarning, posed_body
 from drpose.data.build import encode_png
-from drpose.data.motion import default_pose_sequences
+from drpose.motion.sequence import default_pose_sequences
 from drpose.data.synth import FRONT_VIEW, RenderSynthesizer
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras

@@ -10,7 +10,7 @@ import torch
 import trimesh
 from lora_checkpoint import write_lora_checkpoint
 
-from drpose.data.motion import PoseSequence
+from drpose.motion.sequence import PoseSequence
 from drpose.eval import benchmark
 from drpose.eval.__main__ import main
 from drpose.eval.assets import load_gltf_asset
@@ -51,7 +51,7 @@ def test_hard_poses_are_distinct_and_start_far_from_rest():
                        betas=np.zeros((15, 10)), fps=30.0, source="test")
     picks = benchmark.select_hard_poses(seq, 5)
     assert sorted(picks % 5) == [0, 1, 2, 3, 4]  # five different poses, no duplicate chosen
-    from drpose.data.select import pose_features
+    from drpose.motion.select import pose_features
 
     features = pose_features(seq)
     distance_to_rest = np.linalg.norm(features - features[0], axis=1)
@@ -65,7 +65,7 @@ def test_hard_fraction_keeps_the_rest_pose_out():
     rows = np.concatenate([body, body, body])
     seq = PoseSequence(global_orient=np.zeros((15, 3)), body_pose=rows, transl=np.zeros((15, 3)),
                        betas=np.zeros((15, 10)), fps=30.0, source="test")
-    from drpose.data.select import pose_features
+    from drpose.motion.select import pose_features
 
     hardness = np.linalg.norm(pose_features(seq) - pose_features(seq)[0], axis=1)
     picks = benchmark.select_hard_poses(seq, 3, hard_fraction=0.5)  # 8 of the 15 rows

@@ -14,7 +14,7 @@ from drpose.data import DrPoseDataset
 from drpose.data import dataset as fmt
 from drpose.data.__main__ import main
 from drpose.data.build import BuildConfig, DatasetBuilder, parse_shard, write_npz
-from drpose.data.motion import concatenate, default_pose_sequences
+from drpose.motion.sequence import concatenate, default_pose_sequences
 from drpose.data.synth import RenderSynthesizer
 
 SIDE = 64

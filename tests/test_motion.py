@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from drpose.data.bvh import (
+from drpose.motion.bvh import (
     BvhError,
     BvhWarning,
     detect_unit_scale,
@@ -170,8 +170,8 @@ def test_real_files_from_assimp_testmodels():
 
 import torch  # noqa: E402
 
-from drpose.data.body_joints import BodyJoints  # noqa: E402
-from drpose.data.motion import (  # noqa: E402
+from drpose.motion.body_joints import BodyJoints  # noqa: E402
+from drpose.motion.sequence import (  # noqa: E402
     MOTIONX_LAYOUT,
     R_ZUP_TO_YUP,
     PoseSequence,
@@ -265,7 +265,7 @@ def test_pose_sequence_round_trip_take_concatenate(tmp_path):
 
 # --- fitting ---------------------------------------------------------------------------------
 
-from drpose.data.bvh_fit import FitConfig, fit_bvh, fit_joints  # noqa: E402
+from drpose.motion.bvh_fit import FitConfig, fit_bvh, fit_joints  # noqa: E402
 
 
 def test_body_joints_equal_smplx_forward(smplx_model):
@@ -352,7 +352,7 @@ def test_fit_real_bvh_limbs_within_centimetres(clip, skeleton):
 
 
 def test_kabsch_recovers_a_rotation():
-    from drpose.data.bvh_fit import kabsch
+    from drpose.motion.bvh_fit import kabsch
 
     generator = torch.Generator().manual_seed(4)
     source = torch.randn(6, 3, generator=generator, dtype=torch.float64)
@@ -362,7 +362,7 @@ def test_kabsch_recovers_a_rotation():
 
 
 def test_skeleton_maps_are_detected_by_joint_names():
-    from drpose.data.bvh_skeletons import SKELETON_MAPS, match_skeleton
+    from drpose.motion.bvh_skeletons import SKELETON_MAPS, match_skeleton
 
     for name, pairs in SKELETON_MAPS.items():
         prefix = "mixamorig:" if name == "mixamo" else ""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from drpose.data.select import (
+from drpose.motion.select import (
     diversity_ratio,
     farthest_point_sampling,
     joint_position_std,
@@ -107,7 +107,7 @@ def test_diversity_known_answers():
 @pytest.fixture(scope="module")
 def body():
     from drpose.body import StandInModelWarning
-    from drpose.data.body_joints import BodyJoints
+    from drpose.motion.body_joints import BodyJoints
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StandInModelWarning)
@@ -135,7 +135,7 @@ def test_features_ignore_heading_and_translation_but_not_tilt(body):
 
 
 def test_pose_features_and_plot_on_the_packaged_sample(tmp_path, body):
-    from drpose.data.motion import concatenate, default_pose_sequences
+    from drpose.motion.sequence import concatenate, default_pose_sequences
 
     sequence, clip_ids = concatenate(default_pose_sequences())
     features = pose_features(sequence)

@@ -12,7 +12,7 @@ from drpose.body import StandInModelWarning
 from drpose.data.__main__ import main
 from drpose.data.dataset import DrPoseDataset, read_format, validate
 from drpose.data.draw import KEYPOINT_COLOURS, LIMB_INTENSITY, skeleton_images
-from drpose.data.motion import default_pose_sequences
+from drpose.motion.sequence import default_pose_sequences
 from drpose.data.synth import (
     PART_NAMES,
     DiffusersSynthesizer,

@@ -1,2 +1,2 @@
-"""Data: motion import (BVH, Motion-X, AMASS) to SMPL-X poses, pose selection, DrPose15K."""
+"""Data: DrPose15K from pose sequences (:mod:`drpose.motion`): building, image synthesis, datasets."""
 from drpose.data.dataset import DrPoseDataset as DrPoseDataset

@@ -4,7 +4,7 @@ The format is specified in :mod:`drpose.data.dataset`. The build
 
 1. loads the clips (:func:`load_motions`), concatenates them and selects ``anchors`` poses by
    farthest point sampling, each with ``neighbours`` temporal neighbours
-   (:func:`drpose.data.select.select_poses`): one window per anchor;
+   (:func:`drpose.motion.select.select_poses`): one window per anchor;
 2. writes ``format.json`` and ``plan.npz`` once; a later run (a resumed build, or another
    ``--shard i/n`` process) must compute the same settings and plan or it stops with an error
    naming what differs;
@@ -43,8 +43,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from drpose.data import dataset as fmt
-from drpose.data.motion import PoseSequence, concatenate, default_pose_sequences, load_motion
-from drpose.data.select import Selection, pose_features, select_poses
+from drpose.motion.sequence import PoseSequence, concatenate, default_pose_sequences, load_motion
+from drpose.motion.select import Selection, pose_features, select_poses
 from drpose.data.synth import Synthesizer, SynthFrames
 
 DEFAULT_MOTION = "default"

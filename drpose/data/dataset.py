@@ -24,7 +24,7 @@ Format (``FORMAT_NAME`` = "drpose15k", :data:`FORMAT_VERSION` = 1)::
           index.npz     the shard's samples, in sample order (n rows)
           shard.json    {"shard", "samples", "files": {name: {"bytes", "sha256"}}}
 
-Samples: window w (an FPS anchor with its temporal neighbours, :mod:`drpose.data.select`)
+Samples: window w (an FPS anchor with its temporal neighbours, :mod:`drpose.motion.select`)
 holds samples ``w * window + j`` for j = 0 .. window - 1 (frame order); shard s holds windows
 ``s * windows_per_shard`` up to the next shard's first window. Arrays of ``index.npz``
 (float32 unless noted):

@@ -1,7 +1,7 @@
 """Multi-view renders of posed bodies in PSHuman's rig: the training data of the stages before
 the reward loop (VAE, multi-view pretraining, g_skel).
 
-For N SMPL-X poses (farthest-point-sampled from a pose set, :mod:`drpose.data.select`) every
+For N SMPL-X poses (farthest-point-sampled from a pose set, :mod:`drpose.motion.select`) every
 sample holds, for the 6 body views of :mod:`drpose.render.cameras` in rig order:
 
 * ``normals``: PSHuman's normal colours ``n * 0.5 + 0.5`` (front-camera-frame normals, white
@@ -37,8 +37,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from drpose.body import POSESCORE_JOINTS, load_smplx, posed_body
-from drpose.data.motion import PoseSequence, concatenate, default_pose_sequences
-from drpose.data.select import farthest_point_sampling, pose_features
+from drpose.motion.sequence import PoseSequence, concatenate, default_pose_sequences
+from drpose.motion.select import farthest_point_sampling, pose_features
 from drpose.data.synth import Palette, vertex_regions
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
@@ -59,7 +59,7 @@ class RenderConfig:
     seed: palettes (sample i gets ``Palette.random(seed * 100003 + i)``). input_view: the view
     used as the input image. ambient, light: shading (light direction in each camera's frame,
     x right, y up, z towards the camera). model_dir: SMPL-X folder (None: configured or
-    stand-in). motion: a pose file (:func:`drpose.data.motion.load_motion`) or None for the
+    stand-in). motion: a pose file (:func:`drpose.motion.sequence.load_motion`) or None for the
     packaged sample.
     """
 
@@ -92,7 +92,7 @@ class Renders:
 def _pose_set(config: RenderConfig) -> PoseSequence:
     if config.motion is None:
         return concatenate(default_pose_sequences())[0]
-    from drpose.data.motion import load_motion
+    from drpose.motion.sequence import load_motion
 
     return load_motion(config.motion)
 

@@ -1,6 +1,6 @@
 """Image synthesis for DrPose15K: ``(pose sequence, reference portrait) -> frames``.
 
-A :class:`Synthesizer` turns the T frames of a :class:`~drpose.data.motion.PoseSequence` (and,
+A :class:`Synthesizer` turns the T frames of a :class:`~drpose.motion.sequence.PoseSequence` (and,
 where the backend uses one, a reference portrait) into T square RGB frames of the posed person,
 seen by PSHuman's front camera (:mod:`drpose.render.cameras`: view 0, orthographic, the body
 normalised per frame with ``normalize_body(mode="inference")``, so it fills 740/768 of the
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from drpose.body import COCO17, load_smplx, posed_body, resolve_model_dir
 from drpose.data.draw import skeleton_images
-from drpose.data.motion import PoseSequence
+from drpose.motion.sequence import PoseSequence
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
 from drpose.render.conditions import encode_normals, vertex_normals

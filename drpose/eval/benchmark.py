@@ -3,8 +3,8 @@
 Build (:func:`build_benchmark`): rigged assets (glTF 2.0 skins, :mod:`drpose.eval.assets`; or,
 the free default, the SMPL-X body, licensed or stand-in, in a per-case random palette of
 :mod:`drpose.data.synth`) x poses (SMPL-X parameter files or BVH through
-:func:`drpose.data.motion.load_motion`; default: the bundled CMU clips). ``count`` distinct hard
-poses are chosen by farthest point sampling (:mod:`drpose.data.select`) over the pose features
+:func:`drpose.motion.sequence.load_motion`; default: the bundled CMU clips). ``count`` distinct hard
+poses are chosen by farthest point sampling (:mod:`drpose.motion.select`) over the pose features
 among the hardest half of the poses (those farthest from the rest pose), starting from the
 hardest; case i takes pose i and asset ``i mod len(assets)`` (the paper: 60 scans, one
 distinct Mixamo pose each). Per case, in ``cases/<id>/``:
@@ -39,8 +39,8 @@ from PIL import Image
 from torch import Tensor
 
 from drpose.body import load_smplx, posed_body, resolve_model_dir
-from drpose.data.motion import PoseSequence, concatenate, default_pose_sequences, load_motion
-from drpose.data.select import farthest_point_sampling, pose_features
+from drpose.motion.sequence import PoseSequence, concatenate, default_pose_sequences, load_motion
+from drpose.motion.select import farthest_point_sampling, pose_features
 from drpose.data.synth import Palette, RenderSynthesizer
 from drpose.eval.assets import NUM_BODY_JOINTS, RiggedAsset, load_gltf_asset
 from drpose.ops import interpolate, rasterize
@@ -78,7 +78,7 @@ def write_json(path: str | Path, value: Any) -> None:
 
 
 def load_poses(paths: list[str | Path] | None) -> tuple[PoseSequence, list[str]]:
-    """All frames of the given motion files (:func:`drpose.data.motion.load_motion`: .npz
+    """All frames of the given motion files (:func:`drpose.motion.sequence.load_motion`: .npz
     SMPL-X / AMASS, .npy Motion-X, .bvh fitted), or of the bundled clips when ``paths`` is
     empty or None, as one sequence, and the source clip of every row."""
     sequences = ([load_motion(p) for p in paths] if paths else default_pose_sequences())
@@ -89,7 +89,7 @@ def load_poses(paths: list[str | Path] | None) -> tuple[PoseSequence, list[str]]
 def select_hard_poses(poses: PoseSequence, count: int, hard_fraction: float = 1.0
                       ) -> np.ndarray:
     """(count,) distinct rows of ``poses``: the hardest ``hard_fraction`` of the rows (largest
-    :func:`~drpose.data.select.pose_features` distance from the rest pose, all body joint
+    :func:`~drpose.motion.select.pose_features` distance from the rest pose, all body joint
     angles zero) are the candidates; among them, farthest point sampling starting at the row
     farthest from the rest pose."""
     if not 0 < hard_fraction <= 1:

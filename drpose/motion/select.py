@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drpose.data.motion import PoseSequence
+from drpose.motion.sequence import PoseSequence
 
 NUM_FEATURE_JOINTS = 21  # SMPL-X joints 1-21 relative to joint 0
 
@@ -59,7 +59,7 @@ def normalise_root(joints: torch.Tensor, global_orient: torch.Tensor) -> torch.T
 def pose_features(sequence: PoseSequence, *, batch_size: int = 65536) -> np.ndarray:
     """(T, 63) float32 selection features of every row (module docstring), via the default body
     (:func:`drpose.body.load_smplx`) with betas = 0."""
-    from drpose.data.body_joints import BodyJoints
+    from drpose.motion.body_joints import BodyJoints
 
     body = BodyJoints.default()
     out = np.empty((len(sequence), 3 * NUM_FEATURE_JOINTS), dtype=np.float32)

@@ -2,9 +2,9 @@
 
 Pipeline (:func:`fit_bvh`):
 
-1. Parse the file (:mod:`drpose.data.bvh`), forward kinematics to world joint positions, lengths
+1. Parse the file (:mod:`drpose.motion.bvh`), forward kinematics to world joint positions, lengths
    to metres with the detected (or given) unit; a z-up file is turned y-up.
-2. Pick the joint correspondence (:mod:`drpose.data.bvh_skeletons`, or ``joint_map=``).
+2. Pick the joint correspondence (:mod:`drpose.motion.bvh_skeletons`, or ``joint_map=``).
 3. Scale: the BVH performer is not the SMPL-X body, so the target positions are multiplied by one
    scale factor per clip. Its start value is the ratio of the rest-pose heights of the mapped
    joints (SMPL-X / BVH); it is then refined (log-scale, as a free parameter) on up to
@@ -39,16 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drpose.data.body_joints import BodyJoints
-from drpose.data.bvh import (
+from drpose.motion.body_joints import BodyJoints
+from drpose.motion.bvh import (
     BvhMotion,
     detect_unit_scale,
     forward_kinematics,
     parse_bvh,
     rest_positions,
 )
-from drpose.data.bvh_skeletons import SKELETON_MAPS, JointMap, match_skeleton, normalise_name
-from drpose.data.motion import R_ZUP_TO_YUP, PoseSequence
+from drpose.motion.bvh_skeletons import SKELETON_MAPS, JointMap, match_skeleton, normalise_name
+from drpose.motion.sequence import R_ZUP_TO_YUP, PoseSequence
 
 _TORSO = ("pelvis", "left_hip", "right_hip", "spine1", "spine2", "spine3", "neck",
           "left_shoulder", "right_shoulder", "left_collar", "right_collar")  # fmt: skip
@@ -295,7 +295,7 @@ def fit_bvh(
         path: the ``.bvh`` file.
         joint_map: a :data:`SKELETON_MAPS` key, a custom ``[(bvh, smplx, weight), ...]``, or
             None to detect the skeleton from the joint names.
-        unit_scale: metres per file unit (None: :func:`drpose.data.bvh.detect_unit_scale`).
+        unit_scale: metres per file unit (None: :func:`drpose.motion.bvh.detect_unit_scale`).
         up_axis: ``"y"`` or ``"z"`` (z-up files are rotated by :data:`R_ZUP_TO_YUP`).
         frame_step: keep every ``frame_step``-th frame (e.g. 4 takes CMU's 120 fps to 30).
         max_frames: keep at most this many frames (after the step).

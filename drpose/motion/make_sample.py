@@ -1,8 +1,8 @@
-"""Regenerate the packaged pose sample: ``python -m drpose.data.make_sample``.
+"""Regenerate the packaged pose sample: ``python -m drpose.motion.make_sample``.
 
 Fits SMPL-X to the first frames of CMU subject 1 clips 01 and 03 (Debian package
 ``assimp-testmodels``: ``/usr/share/assimp/models/BVH/``), 120 fps taken to 30 fps, and writes
-one :class:`drpose.data.motion.PoseSequence` ``.npz`` per clip into ``drpose/data/assets/``.
+one :class:`drpose.motion.sequence.PoseSequence` ``.npz`` per clip into ``drpose/motion/assets/``.
 The body pose is SMPL-X axis-angle, valid for any SMPL-X model; the stand-in body only served
 as the skeleton the joints were fitted to.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from drpose.data.bvh_fit import fit_bvh
-from drpose.data.motion import ASSETS_DIR, DEFAULT_SAMPLE_CLIPS
+from drpose.motion.bvh_fit import fit_bvh
+from drpose.motion.sequence import ASSETS_DIR, DEFAULT_SAMPLE_CLIPS
 
 ASSIMP_BVH_DIR = Path("/usr/share/assimp/models/BVH")
 

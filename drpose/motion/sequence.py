@@ -12,13 +12,13 @@ Conventions of :class:`PoseSequence` (every importer converts to these):
   AMASS is z-up: :func:`load_amass` rotates the world by ``R_zup_to_yup`` = -90 degrees about x,
   ``(x, y, z) -> (x, z, -y)``, composing ``global_orient' = R global_orient`` and
   ``transl' = R (transl + J0) - J0`` so that the posed body is exactly the rotated one.
-- Pose selection normalises the root anyway (see :mod:`drpose.data.select`), so the world frame
+- Pose selection normalises the root anyway (see :mod:`drpose.motion.select`), so the world frame
   only matters for consumers that render trajectories.
 
 Importers: :func:`load_motionx` (Motion-X ``smplx_322`` ``.npy``), :func:`load_amass` (AMASS
 ``.npz``, SMPL-H and SMPL-X variants), :func:`load_bvh` (any BVH skeleton, fitted with
-:mod:`drpose.data.bvh_fit`), :func:`load_motion` (by file extension), and
-:func:`default_pose_sequences` (a packaged CMU sample; see ``drpose/data/assets/README.md``).
+:mod:`drpose.motion.bvh_fit`), :func:`load_motion` (by file extension), and
+:func:`default_pose_sequences` (a packaged CMU sample; see ``drpose/motion/assets/README.md``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-# The packaged sample: CMU subject 1 clips fitted with SMPL-X (drpose/data/assets/README.md).
+# The packaged sample: CMU subject 1 clips fitted with SMPL-X (drpose/motion/assets/README.md).
 DEFAULT_SAMPLE_CLIPS = ("cmu_01_01", "cmu_01_03")
 
 NUM_BODY_JOINTS = 21
@@ -313,23 +313,23 @@ def load_motion(path: str | Path, **options) -> PoseSequence:
 def load_bvh(path: str | Path, **options):
     """Read a BVH file and fit SMPL-X to it: returns ``(PoseSequence, FitReport)``.
 
-    See :func:`drpose.data.bvh_fit.fit_bvh` for the options (skeleton map, units, frame step,
+    See :func:`drpose.motion.bvh_fit.fit_bvh` for the options (skeleton map, units, frame step,
     optimisation settings) and the report (per-joint error in mm).
     """
-    from drpose.data.bvh_fit import fit_bvh
+    from drpose.motion.bvh_fit import fit_bvh
 
     return fit_bvh(path, **options)
 
 
 def default_pose_sequences() -> list[PoseSequence]:
     """The packaged sample, one sequence per clip: CMU subject 1 clips fitted with SMPL-X at
-    30 fps (``drpose/data/assets/README.md``; regenerate with ``python -m
-    drpose.data.make_sample``). Needs no download or apt package."""
+    30 fps (``drpose/motion/assets/README.md``; regenerate with ``python -m
+    drpose.motion.make_sample``). Needs no download or apt package."""
     paths = [ASSETS_DIR / f"{clip}.npz" for clip in DEFAULT_SAMPLE_CLIPS]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(
-            f"{missing} missing; regenerate with `python -m drpose.data.make_sample` "
+            f"{missing} missing; regenerate with `python -m drpose.motion.make_sample` "
             "(needs the apt package assimp-testmodels)"
         )
     return [PoseSequence.load(path) for path in paths]
