@@ -25,8 +25,9 @@ from drpose.body import StandInModelWarning, load_smplx
 from drpose.motion.body_joints import BodyJoints
 from drpose.motion.bvh import format_bvh
 from drpose.motion.bvh_fit import fit_bvh
-from drpose.motion.sequence import PoseSequence, default_pose_sequences
+from drpose.motion.load import default_pose_sequences
 from drpose.motion.select import farthest_point_sampling, pose_features
+from drpose.motion.sequence import PoseSequence
 
 CMU_CLIP = Path("/usr/share/assimp/models/BVH/01_01.bvh")
 FIT_FRAMES = 256

@@ -20,8 +20,8 @@ import torch
 
 from drpose.body import StandInModelWarning, posed_body
 from drpose.data.build import encode_png
-from drpose.motion.sequence import default_pose_sequences
 from drpose.data.synth import FRONT_VIEW, RenderSynthesizer
+from drpose.motion.load import default_pose_sequences
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
 from drpose.render.conditions import vertex_normals

@@ -10,10 +10,10 @@ import torch
 import trimesh
 from lora_checkpoint import write_lora_checkpoint
 
-from drpose.motion.sequence import PoseSequence
 from drpose.eval import benchmark
 from drpose.eval.__main__ import main
 from drpose.eval.assets import load_gltf_asset
+from drpose.motion.sequence import PoseSequence
 
 
 @pytest.fixture(scope="module")

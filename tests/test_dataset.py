@@ -14,8 +14,9 @@ from drpose.data import DrPoseDataset
 from drpose.data import dataset as fmt
 from drpose.data.__main__ import main
 from drpose.data.build import BuildConfig, DatasetBuilder, parse_shard, write_npz
-from drpose.motion.sequence import concatenate, default_pose_sequences
 from drpose.data.synth import RenderSynthesizer
+from drpose.motion.load import default_pose_sequences
+from drpose.motion.sequence import concatenate
 
 SIDE = 64
 SETTINGS = dict(anchors=4, neighbours=1, windows_per_shard=2)  # 2 shards x 2 windows x 2 frames

@@ -171,17 +171,15 @@ def test_real_files_from_assimp_testmodels():
 import torch  # noqa: E402
 
 from drpose.motion.body_joints import BodyJoints  # noqa: E402
-from drpose.motion.sequence import (  # noqa: E402
+from drpose.motion.load import (  # noqa: E402
     MOTIONX_LAYOUT,
-    R_ZUP_TO_YUP,
-    PoseSequence,
-    concatenate,
     default_pose_sequences,
     load_amass,
     load_motion,
     load_motionx,
     pelvis_rest_position,
 )
+from drpose.motion.sequence import R_ZUP_TO_YUP, PoseSequence, concatenate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

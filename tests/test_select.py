@@ -135,7 +135,8 @@ def test_features_ignore_heading_and_translation_but_not_tilt(body):
 
 
 def test_pose_features_and_plot_on_the_packaged_sample(tmp_path, body):
-    from drpose.motion.sequence import concatenate, default_pose_sequences
+    from drpose.motion.load import default_pose_sequences
+    from drpose.motion.sequence import concatenate
 
     sequence, clip_ids = concatenate(default_pose_sequences())
     features = pose_features(sequence)

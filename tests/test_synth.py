@@ -12,7 +12,6 @@ from drpose.body import StandInModelWarning
 from drpose.data.__main__ import main
 from drpose.data.dataset import DrPoseDataset, read_format, validate
 from drpose.data.draw import KEYPOINT_COLOURS, LIMB_INTENSITY, skeleton_images
-from drpose.motion.sequence import default_pose_sequences
 from drpose.data.synth import (
     PART_NAMES,
     DiffusersSynthesizer,
@@ -20,6 +19,7 @@ from drpose.data.synth import (
     RenderSynthesizer,
     make_synthesizer,
 )
+from drpose.motion.load import default_pose_sequences
 from drpose.render.cameras import INFERENCE_CROP_FRACTION
 
 SIDE = 64

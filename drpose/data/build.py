@@ -43,9 +43,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from drpose.data import dataset as fmt
-from drpose.motion.sequence import PoseSequence, concatenate, default_pose_sequences, load_motion
-from drpose.motion.select import Selection, pose_features, select_poses
 from drpose.data.synth import Synthesizer, SynthFrames
+from drpose.motion.load import default_pose_sequences, load_motion
+from drpose.motion.select import Selection, pose_features, select_poses
+from drpose.motion.sequence import PoseSequence, concatenate
 
 DEFAULT_MOTION = "default"
 

@@ -37,9 +37,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from drpose.body import POSESCORE_JOINTS, load_smplx, posed_body
-from drpose.motion.sequence import PoseSequence, concatenate, default_pose_sequences
-from drpose.motion.select import farthest_point_sampling, pose_features
 from drpose.data.synth import Palette, vertex_regions
+from drpose.motion.load import default_pose_sequences
+from drpose.motion.select import farthest_point_sampling, pose_features
+from drpose.motion.sequence import PoseSequence, concatenate
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
 from drpose.render.conditions import encode_normals, vertex_normals
@@ -59,7 +60,7 @@ class RenderConfig:
     seed: palettes (sample i gets ``Palette.random(seed * 100003 + i)``). input_view: the view
     used as the input image. ambient, light: shading (light direction in each camera's frame,
     x right, y up, z towards the camera). model_dir: SMPL-X folder (None: configured or
-    stand-in). motion: a pose file (:func:`drpose.motion.sequence.load_motion`) or None for the
+    stand-in). motion: a pose file (:func:`drpose.motion.load.load_motion`) or None for the
     packaged sample.
     """
 
@@ -92,7 +93,7 @@ class Renders:
 def _pose_set(config: RenderConfig) -> PoseSequence:
     if config.motion is None:
         return concatenate(default_pose_sequences())[0]
-    from drpose.motion.sequence import load_motion
+    from drpose.motion.load import load_motion
 
     return load_motion(config.motion)
 

@@ -3,7 +3,7 @@
 Build (:func:`build_benchmark`): rigged assets (glTF 2.0 skins, :mod:`drpose.eval.assets`; or,
 the free default, the SMPL-X body, licensed or stand-in, in a per-case random palette of
 :mod:`drpose.data.synth`) x poses (SMPL-X parameter files or BVH through
-:func:`drpose.motion.sequence.load_motion`; default: the bundled CMU clips). ``count`` distinct hard
+:func:`drpose.motion.load.load_motion`; default: the bundled CMU clips). ``count`` distinct hard
 poses are chosen by farthest point sampling (:mod:`drpose.motion.select`) over the pose features
 among the hardest half of the poses (those farthest from the rest pose), starting from the
 hardest; case i takes pose i and asset ``i mod len(assets)`` (the paper: 60 scans, one
@@ -39,10 +39,11 @@ from PIL import Image
 from torch import Tensor
 
 from drpose.body import load_smplx, posed_body, resolve_model_dir
-from drpose.motion.sequence import PoseSequence, concatenate, default_pose_sequences, load_motion
-from drpose.motion.select import farthest_point_sampling, pose_features
 from drpose.data.synth import Palette, RenderSynthesizer
 from drpose.eval.assets import NUM_BODY_JOINTS, RiggedAsset, load_gltf_asset
+from drpose.motion.load import default_pose_sequences, load_motion
+from drpose.motion.select import farthest_point_sampling, pose_features
+from drpose.motion.sequence import PoseSequence, concatenate
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
 from drpose.render.conditions import vertex_normals
@@ -78,7 +79,7 @@ def write_json(path: str | Path, value: Any) -> None:
 
 
 def load_poses(paths: list[str | Path] | None) -> tuple[PoseSequence, list[str]]:
-    """All frames of the given motion files (:func:`drpose.motion.sequence.load_motion`: .npz
+    """All frames of the given motion files (:func:`drpose.motion.load.load_motion`: .npz
     SMPL-X / AMASS, .npy Motion-X, .bvh fitted), or of the bundled clips when ``paths`` is
     empty or None, as one sequence, and the source clip of every row."""
     sequences = ([load_motion(p) for p in paths] if paths else default_pose_sequences())

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from drpose.motion.bvh_fit import fit_bvh
-from drpose.motion.sequence import ASSETS_DIR, DEFAULT_SAMPLE_CLIPS
+from drpose.motion.load import ASSETS_DIR, DEFAULT_SAMPLE_CLIPS
 
 ASSIMP_BVH_DIR = Path("/usr/share/assimp/models/BVH")
 
