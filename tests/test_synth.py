@@ -11,7 +11,6 @@ import torch
 from drpose.body import StandInModelWarning
 from drpose.data.__main__ import main
 from drpose.data.dataset import DrPoseDataset, read_format, validate
-from drpose.data.draw import KEYPOINT_COLOURS, LIMB_INTENSITY, skeleton_images
 from drpose.data.synth import (
     PART_NAMES,
     DiffusersSynthesizer,
@@ -21,6 +20,7 @@ from drpose.data.synth import (
 )
 from drpose.motion.load import default_pose_sequences
 from drpose.render.cameras import INFERENCE_CROP_FRACTION
+from drpose.render.draw import KEYPOINT_COLOURS, LIMB_INTENSITY, skeleton_images
 
 SIDE = 64
 TINY_SIDE = 32  # the tiny ControlNet pipeline's images (latents 16 x 16)

@@ -63,7 +63,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from drpose.data.draw import draw_skeleton
+from drpose.render.draw import draw_skeleton
 
 FORMAT_NAME = "drpose15k"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ Backends:
   the default run.
 - :class:`DiffusersSynthesizer` (``"diffusers"``): a pose ControlNet Stable Diffusion pipeline
   loaded from a local folder, conditioned on OpenPose-style skeleton drawings
-  (:mod:`drpose.data.draw`) or SMPL-X normal renders; with a portrait it runs image-to-image from
+  (:mod:`drpose.render.draw`) or SMPL-X normal renders; with a portrait it runs image-to-image from
   it, so the portrait sets the identity.
 """
 
@@ -35,11 +35,11 @@ import torch
 from torch import Tensor
 
 from drpose.body import COCO17, load_smplx, posed_body, resolve_model_dir
-from drpose.data.draw import skeleton_images
 from drpose.motion.sequence import PoseSequence
 from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
 from drpose.render.conditions import encode_normals, vertex_normals
+from drpose.render.draw import skeleton_images
 
 FRONT_VIEW = (0,)
 NUM_SKELETON_JOINTS = 55
@@ -302,7 +302,7 @@ class DiffusersSynthesizer:
 
     Every frame is generated from the same initial noise (``seed``), conditioned on the frame's
     pose: ``condition="skeleton"`` draws the COCO-17 keypoints OpenPose-style
-    (:func:`drpose.data.draw.skeleton_images`), ``"normals"`` uses the SMPL-X normal render in
+    (:func:`drpose.render.draw.skeleton_images`), ``"normals"`` uses the SMPL-X normal render in
     PSHuman's colours (:func:`drpose.render.conditions.encode_normals`, white background). With a
     portrait the image-to-image ControlNet pipeline starts from it (``portrait_strength`` = how
     much noise is added; 1 ignores the portrait).

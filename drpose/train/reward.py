@@ -36,7 +36,7 @@ from drpose.data.multiview import MultiViewRenders
 from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
 from drpose.render import cameras
 from drpose.render.conditions import save_view_grid
-from drpose.render.overlay import draw_skeletons
+from drpose.render.draw import draw_skeletons
 from drpose.reward import PoseScore, latents_from_rows
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage

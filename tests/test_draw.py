@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from drpose.render.overlay import draw_skeletons
+from drpose.render.draw import draw_skeletons
 
 
 def test_bone_drawn_between_visible_joints_only():
