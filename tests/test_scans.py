@@ -193,3 +193,48 @@ def test_makehuman_mesh_fitted_and_posed(model):
     assert ankle[2] < knee[2] - 0.2  # the shin now points backwards
     views = scans.render_scan(posed, 48, LIGHTS, ambient=0.35)
     assert views.masks.float().mean() > 0.03
+
+
+def test_scan_folder_renders_train_g_skel(tmp_path, model, tiny_vae):
+    """Source (b) end to end: a THuman2.1-layout folder -> multi-view renders (the same folder
+    format as the SMPL-X renders) -> the skel stage on a given VAE -> a loadable PoseScore."""
+    from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
+    from drpose.train import skel
+    from tests.conftest import tiny_train
+
+    root = tmp_path / "thuman"
+    for i in range(6):
+        write_scan(root / f"{i:04d}", model, random_fit(10 + i), u=0.25 + 0.1 * i)
+    config = RenderConfig(resolution=32, held_out=3, scans=str(root))
+    data = load_or_build(tmp_path / "renders", config)
+    assert len(data) == 6 and len(data.subset("eval")) == 2
+    assert MultiViewRenders.load(tmp_path / "renders").config == config
+    expected = scans.posescore_joints(model, scans.load_smplx_fit(root / "0004" /
+                                                                   "smplx_param.npz"))
+    torch.testing.assert_close(data.joints[4], expected)
+    run = skel.SkelConfig(train=tiny_train("skel", tmp_path, 20, lr=2e-3),
+                          renders=str(tmp_path / "renders"), vae=str(tiny_vae), batch_size=2)
+    out = skel.run(run)
+    metrics = __import__("json").loads((out.parent / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "pck", "pair_accuracy"):
+        assert np.isfinite(metrics[key]), key
+    assert skel.load_posescore(out).sigma == run.sigma
+
+
+@pytest.mark.skipif(not MAKEHUMAN.is_file(), reason="Debian's assimp-testmodels not installed "
+                    "(make system-deps)")
+def test_renders_command_poses_the_makehuman_mesh(tmp_path, capsys):
+    from drpose.data.__main__ import main
+    from drpose.data.multiview import MultiViewRenders
+
+    out = tmp_path / "renders"
+    args = ["renders", "--out", str(out), "--mesh", str(MAKEHUMAN), "--num-poses", "4",
+            "--held-out", "2", "--resolution", "32", "--fit-steps", "100"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fitted SMPL-X to" in printed and "4 samples at 32 px (2 held out)" in printed
+    data = MultiViewRenders.load(out)
+    assert data.normals.shape == (4, 6, 3, 32, 32)
+    assert (data.joints[0] - data.joints[1]).norm(dim=-1).max() > 0.05  # two different poses
+    with pytest.raises(SystemExit, match="another config"):
+        main([*args[:-2], "--fit-steps", "50"])

@@ -4,6 +4,8 @@
         --synth render|diffusers [--resolution R] [--shard i/n] [...]
     python -m drpose.data validate DIR        # exit status 0 only for a sound, complete dataset
     python -m drpose.data sheet DIR [--out PNG]
+    python -m drpose.data renders --out DIR [--resolution R] [--num-poses N]
+        [--scans DIR [--fits DIR] | --mesh FILE]   # multi-view renders for vae/pretrain/skel
 
 Motion paths: ``.bvh`` (fitted with SMPL-X), ``.npz`` (AMASS, or a saved PoseSequence), ``.npy``
 (Motion-X smplx_322) or ``default`` (the packaged CMU sample). See :mod:`drpose.data.dataset`
@@ -52,6 +54,27 @@ def _parser() -> argparse.ArgumentParser:
     sheet.add_argument("dir", type=Path)
     sheet.add_argument("--out", type=Path, default=None, help="default DIR/contact_sheet.png")
     sheet.add_argument("--count", type=int, default=16)
+    renders = commands.add_parser(
+        "renders", help="multi-view renders (SMPL-X bodies or scans) for the vae, pretrain and "
+        "skel stages; see drpose.data.multiview")
+    renders.add_argument("--out", required=True, type=Path, help="render folder")
+    renders.add_argument("--resolution", type=int, default=64, help="image side (pixels)")
+    renders.add_argument("--num-poses", type=int, default=96,
+                         help="samples (SMPL-X bodies, or poses of --mesh)")
+    renders.add_argument("--held-out", type=int, default=6,
+                         help="every k-th sample is held out for evaluation")
+    renders.add_argument("--motion", default=None, help="pose file (default: the CMU sample)")
+    renders.add_argument("--scans", default=None,
+                         help="THuman2.1-layout folder (NNNN/NNNN.obj + smplx_param.*)")
+    renders.add_argument("--fits", default=None, help="folder of NNNN/smplx_param.* when the "
+                         "fits are not beside the scans")
+    renders.add_argument("--mesh", default=None,
+                         help="one textured mesh (.obj, .dae, .zae), posed by a fitted SMPL-X")
+    renders.add_argument("--fit-steps", type=int, default=300,
+                         help="--mesh: chamfer steps of the SMPL-X fit")
+    renders.add_argument("--seed", type=int, default=0)
+    renders.add_argument("--smplx-dir", default=None, help="SMPL-X model folder (default: "
+                         "$DRPOSE_SMPLX_DIR or the stand-in)")
     return parser
 
 
@@ -99,10 +122,27 @@ def _sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _renders(args: argparse.Namespace) -> int:
+    from drpose.data.multiview import META_FILE, RenderConfig, load_or_build
+
+    config = RenderConfig(num_poses=args.num_poses, resolution=args.resolution,
+                          held_out=args.held_out, seed=args.seed, model_dir=args.smplx_dir,
+                          motion=args.motion, scans=args.scans, fits=args.fits, mesh=args.mesh,
+                          fit_steps=args.fit_steps)
+    if (args.out / META_FILE).is_file() and load_or_build(args.out).config != config:
+        raise SystemExit(f"error: {args.out} holds renders made with another config; choose "
+                         "another --out or delete the folder")
+    data = load_or_build(args.out, config)
+    print(f"{args.out}: {len(data)} samples at {args.resolution} px "
+          f"({len(data.subset('eval'))} held out)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    return {"build": _build, "validate": _validate, "sheet": _sheet}[args.command](args)
+    return {"build": _build, "validate": _validate, "sheet": _sheet,
+            "renders": _renders}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from drpose.body import POSESCORE_JOINTS, load_smplx, posed_body
+from drpose.data import scans
 from drpose.data.synth import Palette, vertex_regions
 from drpose.motion.load import default_pose_sequences
 from drpose.motion.select import farthest_point_sampling, pose_features
@@ -62,6 +63,12 @@ class RenderConfig:
     x right, y up, z towards the camera). model_dir: SMPL-X folder (None: configured or
     stand-in). motion: a pose file (:func:`drpose.motion.load.load_motion`) or None for the
     packaged sample.
+
+    The bodies are SMPL-X in palette colours unless a scan source is given
+    (:mod:`drpose.data.scans`): ``scans``, a THuman2.1-layout folder (one sample per subject in
+    its fitted pose, ``num_poses`` unused; ``fits``: where the fits are when not beside the
+    meshes), or ``mesh``, one textured mesh fitted by SMPL-X (``fit_steps`` chamfer steps) and
+    posed into the ``num_poses`` selected poses. Scan samples have no palette (zeros).
     """
 
     num_poses: int = 96
@@ -73,6 +80,15 @@ class RenderConfig:
     light: tuple[float, float, float] = (-0.3, 0.5, 1.0)
     model_dir: str | None = None
     motion: str | None = None
+    scans: str | None = None
+    fits: str | None = None
+    mesh: str | None = None
+    fit_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if self.scans is not None and self.mesh is not None:
+            raise ValueError("RenderConfig: give scans (a THuman2.1-layout folder) or mesh (one "
+                             "mesh to pose), not both")
 
 
 @dataclass
@@ -115,9 +131,40 @@ def camera_light(light: tuple[float, float, float]) -> Tensor:
     return torch.einsum("vij,i->vj", rotation, direction)
 
 
+def _scan_renders(config: RenderConfig) -> Renders:
+    model = load_smplx(config.model_dir)
+    lights = camera_light(config.light)
+    if config.scans is not None:
+        samples = scans.subject_meshes(config.scans, model, fits=config.fits)
+    else:
+        poses = select_render_poses(config)
+        samples = scans.reposed_meshes(config.mesh, model, poses.body_pose, poses.global_orient,
+                                       fit_steps=config.fit_steps, seed=config.seed)
+    out: dict[str, list] = {name: [] for name in Renders.__dataclass_fields__}
+    for sample in samples:
+        views = scans.render_scan(sample.mesh, config.resolution, lights, config.ambient)
+        out["normals"].append(views.normals)
+        out["colours"].append(views.colours)
+        out["masks"].append(views.masks)
+        out["joints"].append(sample.joints)
+        out["center"].append(views.normalization.center[0])
+        out["scale"].append(views.normalization.scale[0])
+        out["body_pose"].append(torch.from_numpy(sample.body_pose))
+        out["global_orient"].append(torch.from_numpy(sample.global_orient))
+        out["palette"].append(torch.zeros(5, 3))
+    arrays = {name: torch.stack(values) for name, values in out.items()}
+    for name in ("normals", "colours"):
+        arrays[name] = arrays[name] * 255 + 0.5
+    for name in ("normals", "colours", "masks"):
+        arrays[name] = arrays[name].to(torch.uint8)
+    return Renders(**{name: value.numpy() for name, value in arrays.items()})
+
+
 @torch.no_grad()
 def build_renders(config: RenderConfig) -> Renders:
     """Pose, select and render N samples (about 0.3 s per sample at R = 64 on 2 cores)."""
+    if config.scans is not None or config.mesh is not None:
+        return _scan_renders(config)
     poses = select_render_poses(config)
     model = load_smplx(config.model_dir)
     faces = model.faces_tensor.to(torch.int32).contiguous()
@@ -146,9 +193,7 @@ def build_renders(config: RenderConfig) -> Renders:
         n = interpolate(normals_world[i:i + 1], rast, faces)
         n = torch.nn.functional.normalize(n, dim=-1) * mask
         face_index = (rast[..., 3].round().long() - 1).clamp(min=0)
-        lambert = (n * lights[:, None, None]).sum(-1, keepdim=True).clamp(min=0)
-        shade = config.ambient + (1 - config.ambient) * lambert
-        colour = albedo_faces[face_index] * shade * mask + (1 - mask)
+        colour = scans.lambert(albedo_faces[face_index], n, mask, lights, config.ambient)
         mask = mask.permute(0, 3, 1, 2)
         out["normals"].append(encode_normals(n.permute(0, 3, 1, 2), mask))
         out["colours"].append(colour.permute(0, 3, 1, 2).clamp(0, 1))

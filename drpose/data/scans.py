@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -377,6 +378,7 @@ def fit_smplx_to_mesh(model, mesh: TexturedMesh, *, steps: int = 300, samples: i
     Minimises the symmetric chamfer distance between ``samples`` random mesh vertices and
     ``samples`` random body vertices per step (Adam), plus small priors on pose and shape
     (``1e-3 |theta|^2 + 1e-3 |beta|^2``). The mesh must face +z with y up, roughly standing.
+    Gradients are enabled inside, whatever the caller's grad mode.
     """
     generator = torch.Generator().manual_seed(seed)
     target = mesh.vertices.float()
@@ -400,11 +402,13 @@ def fit_smplx_to_mesh(model, mesh: TexturedMesh, *, steps: int = 300, samples: i
         return out.vertices[0] * params["log_scale"].exp() + params["translation"][0]
 
     for _ in range(steps):
-        verts = body_vertices()
-        a = target[torch.randint(len(target), (samples,), generator=generator)]
-        b = verts[torch.randint(len(verts), (samples,), generator=generator)]
-        loss = (_nearest_distance(a, b).mean() + _nearest_distance(b, a).mean()
-                + 1e-3 * params["body_pose"].square().sum() + 1e-3 * params["betas"].square().sum())
+        with torch.enable_grad():
+            verts = body_vertices()
+            a = target[torch.randint(len(target), (samples,), generator=generator)]
+            b = verts[torch.randint(len(verts), (samples,), generator=generator)]
+            loss = (_nearest_distance(a, b).mean() + _nearest_distance(b, a).mean()
+                    + 1e-3 * params["body_pose"].square().sum()
+                    + 1e-3 * params["betas"].square().sum())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -508,3 +512,49 @@ def render_scan(mesh: TexturedMesh, resolution: int, lights: Tensor, ambient: fl
     return ScanViews(normals=encode_normals(n.permute(0, 3, 1, 2), mask),
                      colours=colour.permute(0, 3, 1, 2), masks=mask, normalization=norm)
 
+
+
+# ---- samples for the multi-view renders ---------------------------------------------------------
+
+MAX_FIT_ERROR = 0.03  # metres: a worse chamfer fit means the mesh is not a standing human
+
+
+@dataclass
+class ScanSample:
+    """One posed scan: the mesh (scan frame), its (23, 3) PoseScore joints, and the SMPL-X
+    body_pose (63,) / global_orient (3,) of the pose."""
+
+    mesh: TexturedMesh
+    joints: Tensor
+    body_pose: np.ndarray
+    global_orient: np.ndarray
+
+
+def subject_meshes(root: str | Path, model, fits: str | Path | None = None
+                   ) -> Iterator[ScanSample]:
+    """Every subject of a THuman2.1-layout folder in its fitted pose (files read one at a
+    time)."""
+    for subject in scan_subjects(root, fits):
+        fit = load_smplx_fit(subject.fit, num_betas=model.num_betas)
+        yield ScanSample(load_textured_mesh(subject.mesh), posescore_joints(model, fit),
+                         fit.body_pose, fit.global_orient)
+
+
+def reposed_meshes(path: str | Path, model, body_poses: np.ndarray, global_orients: np.ndarray,
+                   *, fit_steps: int = 300, seed: int = 0) -> Iterator[ScanSample]:
+    """One mesh, fitted by SMPL-X (:func:`fit_smplx_to_mesh`), posed into each of the poses
+    ``body_poses`` (N, 63) / ``global_orients`` (N, 3). Raises :class:`ScanError` when the fit's
+    mean chamfer distance exceeds ``MAX_FIT_ERROR``."""
+    mesh = load_textured_mesh(path)
+    fit, report = fit_smplx_to_mesh(model, mesh, steps=fit_steps, seed=seed)
+    error = max(report.mesh_to_body, report.body_to_mesh)
+    if error > MAX_FIT_ERROR:
+        raise ScanError(f"{path}: SMPL-X fits the mesh only to {error * 100:.1f} cm (mean "
+                        f"chamfer distance; at most {MAX_FIT_ERROR * 100:.0f} cm): is it a "
+                        "standing person, y up, facing +z, in metres?")
+    print(f"fitted SMPL-X to {path}: {report.mesh_to_body * 100:.2f} cm mesh -> body, "
+          f"{report.body_to_mesh * 100:.2f} cm body -> mesh")
+    for body_pose, global_orient in zip(body_poses, global_orients, strict=True):
+        posed, joints = repose(model, mesh, fit, body_pose, global_orient)
+        yield ScanSample(posed, joints, np.asarray(body_pose, np.float32),
+                         np.asarray(global_orient, np.float32))
