@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from drpose.body import load_smplx
 from drpose.pipelines import MultiViewPipeline
+from drpose.pipelines.default import default_pipeline_dir
 from drpose.pipelines.multiview import MultiViewOutput, save_grid
 from drpose.recon import (
     CarveConfig,
@@ -149,18 +150,6 @@ def _module_suffix(name: str) -> str:
     (``...attn1.to_q`` -> ``to_q``, ``...attn1.to_out.0`` -> ``to_out.0``)."""
     parts = name.split(".")
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
-
-
-def default_pipeline_dir() -> Path | None:
-    """The project's default pretrained pipeline (``python -m drpose.train`` builds it under the
-    cache, ``drpose.train.pretrain.ensure_default``) when it has been built, else None. Never
-    builds it: that is training, not inference."""
-    from drpose.body.model import cache_dir
-    from drpose.train import pretrain
-
-    _, _, config = pretrain.default_configs(cache_dir() / "default")
-    folder = config.train.run_dir / pretrain.PIPELINE_SUBFOLDER
-    return folder if (folder / pretrain.DONE_FILE).is_file() else None
 
 
 def load_pipeline(pipeline: str | Path | None, lora_dir: str | Path | None, *,

@@ -10,7 +10,6 @@ from scipy.spatial.transform import Rotation
 from drpose.eval import metrics
 from drpose.eval.metrics import (
     align_mesh,
-    image_metrics,
     normal_error,
     pa_mpjpe,
     point_to_surface_distance,
@@ -18,6 +17,7 @@ from drpose.eval.metrics import (
     surface_metrics,
 )
 from drpose.render import cameras
+from drpose.render.image_metrics import image_metrics
 
 has_open3d = not isinstance(metrics._open3d(), ImportError)
 needs_open3d = pytest.mark.skipif(not has_open3d, reason="open3d does not import (pip install "

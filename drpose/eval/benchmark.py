@@ -365,7 +365,8 @@ def gt_views(case: Case, size: int) -> Tensor:
 
 def score_case(case: Case, result: Reconstruction, config: RunConfig) -> dict[str, Any]:
     """Every metric of one case (module :mod:`drpose.eval.metrics`); missing ones are NaN."""
-    from drpose.eval.metrics import image_metrics, normal_error, pa_mpjpe, surface_metrics
+    from drpose.eval.metrics import normal_error, pa_mpjpe, surface_metrics
+    from drpose.render.image_metrics import image_metrics
 
     pred = result.mesh.copy()
     pred.vertices = box_to_world(np.asarray(pred.vertices), case.normalization)

@@ -40,6 +40,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
 from drpose.models import MultiViewUNet
+from drpose.pipelines.default import DONE_FILE, PIPELINE_SUBFOLDER, PRETRAIN_RUN_NAME
 from drpose.pipelines.multiview import (
     PSHUMAN_DDIM,
     CLIPImageProcessor,
@@ -49,8 +50,6 @@ from drpose.pipelines.multiview import (
 from drpose.train import vae as vae_stage
 from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
 
-PIPELINE_SUBFOLDER = "pipeline"
-DONE_FILE = "done.json"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -67,7 +66,7 @@ class PretrainConfig:
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        name="pretrain", steps=400, lr=1e-3, checkpoint_every=100, log_every=20))
+        name=PRETRAIN_RUN_NAME, steps=400, lr=1e-3, checkpoint_every=100, log_every=20))
     renders: str = "runs/cache/renders"
     vae: str = "runs/cache/vae/vae"
     init: str | None = None

@@ -30,9 +30,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
-from drpose.body.model import cache_dir
 from drpose.data.dataset import DrPoseDataset
 from drpose.data.multiview import MultiViewRenders
+from drpose.pipelines.default import default_chain_dir
 from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
 from drpose.render import cameras
 from drpose.render.conditions import save_view_grid
@@ -321,7 +321,7 @@ Config = RewardConfig
 
 def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     """Load (or build and cache, for the defaults) the pipeline, g_skel and data; fine-tune."""
-    cache = Path(config.cache_dir) if config.cache_dir else cache_dir() / "default"
+    cache = Path(config.cache_dir) if config.cache_dir else default_chain_dir()
     started = time.perf_counter()
     pipeline_dir = config.pipeline or pretrain.ensure_default(cache)
     skel_dir = config.skel or skel_stage.ensure_default(cache)

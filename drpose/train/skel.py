@@ -11,8 +11,8 @@ std ``latent_noise`` (the reward sees predicted x0 of a diffusion model, not cle
 Evaluation on the held-out poses (written to ``<run_dir>/metrics.json``):
 
 * ``psnr``, ``ssim``: sigmoid of the predicted maps vs the target heatmaps, each map a grey
-  image, :func:`drpose.eval.metrics.image_metrics` over the (object, view) images with the 23
-  maps as channels (the paper reports 22.48 / 0.93 on THuman2.1 at its own resolution);
+  image, :func:`~drpose.render.image_metrics.image_metrics` over the (object, view) images with
+  the 23 maps as channels (the paper reports 22.48 / 0.93 on THuman2.1 at its own resolution);
 * ``keypoint_error_px``: mean distance (map pixels) between the argmax of each map and the
   projected joint, visible joints only; ``pck``: the fraction within ``pck_threshold`` x the map
   side (default 0.1: 3.2 px on 32 px maps, about a tenth of the body's height, which fills 96% of
@@ -35,10 +35,10 @@ from diffusers import AutoencoderKL
 from torch import Tensor
 
 from drpose.data.multiview import MultiViewRenders
-from drpose.eval.metrics import image_metrics
 from drpose.models import SkeletonNet
 from drpose.ops import pose_heatmap_loss, render_heatmaps
 from drpose.render import cameras
+from drpose.render.image_metrics import image_metrics
 from drpose.reward import PoseScore
 from drpose.train import pretrain
 from drpose.train import vae as vae_stage
