@@ -45,14 +45,3 @@ def test_unknown_stage_and_help(capsys):
         main(["reward", "--help"])
     assert done.value.code == 0
     assert "--train.steps" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(("busy_jiffies", "expected"), [(10, False), (90, False), (110, True)])
-def test_busy_machine_counts_other_processes_cores(monkeypatch, busy_jiffies, expected):
-    """2 listed CPUs, 200 jiffies in the window: busy when others use >= 1 of the 2 cores."""
-    from drpose.train import __main__ as entry
-
-    samples = iter([(1000, 900, 2), (1200, 1100 - busy_jiffies, 2)])
-    monkeypatch.setattr(entry, "_cpu_times", lambda: next(samples))
-    monkeypatch.setattr(entry.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert entry.busy_machine(window_s=0) is expected

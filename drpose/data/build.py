@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from drpose._progress import progress as progress_bar
 from drpose.data import dataset as fmt
 from drpose.data.synth import Synthesizer, SynthFrames
 from drpose.motion.load import default_pose_sequences, load_motion
@@ -243,9 +244,9 @@ class DatasetBuilder:
         self._record_in_manifest(sorted(done & set(range(self.num_shards))))
         result = BuildResult(skipped=[s for s in mine if s in done])
         todo = [s for s in mine if s not in done]
-        bar = tqdm(total=sum(len(self.shard_windows(s)) for s in todo) * self.window,
-                   unit="sample", desc=f"build {self.root.name} [{index}/{count}]",
-                   disable=not progress)
+        bar = progress_bar(total=sum(len(self.shard_windows(s)) for s in todo) * self.window,
+                           unit="sample", desc=f"build {self.root.name} [{index}/{count}]",
+                           enabled=progress)
         with bar:
             for s in todo:
                 if self._write_shard(s, bar):

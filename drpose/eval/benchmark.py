@@ -38,6 +38,7 @@ import trimesh
 from PIL import Image
 from torch import Tensor
 
+from drpose._progress import progress as progress_bar
 from drpose.body import load_smplx, posed_body, resolve_model_dir
 from drpose.data.synth import Palette, RenderSynthesizer
 from drpose.eval.assets import NUM_BODY_JOINTS, RiggedAsset, load_gltf_asset
@@ -160,8 +161,6 @@ def build_benchmark(out: str | Path, *, assets: list[str | Path] | None = None,
         model_dir: SMPL-X folder (default: configured or stand-in) for the default body and the
             pose features.
     """
-    from tqdm import tqdm
-
     if config.count < 1:
         raise ValueError(f"count must be >= 1, got {config.count}")
     if config.resolution < 16:
@@ -184,7 +183,7 @@ def build_benchmark(out: str | Path, *, assets: list[str | Path] | None = None,
     model = load_smplx(model_dir) if not rigged else None
     root = Path(out)
     cases = []
-    for i, row in enumerate(tqdm(rows, desc="build", disable=not progress)):
+    for i, row in enumerate(progress_bar(rows, desc="build", enabled=progress)):
         case_id = f"case_{i:03d}"
         folder = root / "cases" / case_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -404,14 +403,12 @@ def run_benchmark(bench: str | Path, models: dict[str, Reconstructor], out: str 
     ``worst_cases.png`` (:func:`write_tables`, :func:`write_worst_cases`) and returns the rows
     (one per model and case).
     """
-    from tqdm import tqdm
-
     manifest = load_manifest(bench)
     out = Path(out)
     entries = manifest["cases"]
     jobs = [(name, entry) for name in models for entry in entries]
     rows = []
-    for name, entry in tqdm(jobs, desc="benchmark", disable=not progress):
+    for name, entry in progress_bar(jobs, desc="benchmark", enabled=progress):
         path = _result_path(out, name, entry["id"])
         if path.is_file():
             rows.append(json.loads(path.read_text()))

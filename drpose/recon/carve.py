@@ -25,8 +25,8 @@ import numpy as np
 import pymeshlab
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from drpose._progress import progress as progress_bar
 from drpose.recon.losses import LossWeights, ViewTargets, edges_of, laplacian_loss, view_losses
 
 
@@ -88,11 +88,11 @@ def carve(vertices: Tensor, faces: Tensor, targets: ViewTargets,
         vertices: (N, 3) box units. faces: (F, 3) int.
         targets: the views (:class:`drpose.recon.losses.ViewTargets`).
         config: see :class:`CarveConfig`.
-        progress: show a tqdm bar.
+        progress: show a progress bar (:func:`drpose._progress.progress`).
     """
     v_np, f_np = vertices.detach().cpu().numpy(), faces.cpu().numpy()
     parts: dict[str, float] = {}
-    steps = tqdm(total=config.iterations, desc="carve", disable=not progress)
+    steps = progress_bar(total=config.iterations, desc="carve", enabled=progress)
     done = 0
     while True:
         v_np, f_np = remesh(v_np, f_np, config.edge_length)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import smplx
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from drpose._progress import progress as progress_bar
 from drpose.body import posed_body
 from drpose.recon.losses import LossWeights, ViewTargets, view_losses
 from drpose.render import cameras
@@ -88,7 +88,7 @@ def fit_smplx_to_views(
         model: an SMPL-X model from :func:`drpose.body.load_smplx` (float32, CPU or CUDA).
         targets: :class:`drpose.recon.losses.ViewTargets` of the generated views.
         config: iterations, step size, priors.
-        progress: show a tqdm bar.
+        progress: show a progress bar (:func:`drpose._progress.progress`).
     """
     dtype = torch.float32
     zeros = {"dtype": dtype}
@@ -112,7 +112,7 @@ def fit_smplx_to_views(
         return log_scale.exp() * (body - rest_centre) + translation
 
     parts: dict[str, float] = {}
-    for _ in tqdm(range(config.iterations), desc="fit SMPL-X", disable=not progress):
+    for _ in progress_bar(range(config.iterations), desc="fit SMPL-X", enabled=progress):
         optimizer.zero_grad(set_to_none=True)
         loss, parts = view_losses(box_vertices(), tri, targets, config.losses)
         loss = (loss + config.pose_prior * body_pose.square().mean()

@@ -19,43 +19,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-import time
 
+from drpose._cli import apply_openmp_wait_policy
 
-def busy_machine(window_s: float = 0.3) -> bool:
-    """True when other processes keep at least half the cores busy, measured over ``window_s``
-    from ``/proc/stat`` (elsewhere: the 1-minute load average). OpenMP's default waits (spin,
-    then sleep) suit a quiet machine, passive waits a busy one; measured on the 2-core
-    development machine, a reward step of the default: quiet 1.13 s default / 2.42 s passive;
-    beside one busy process 4.78 s default / 2.05 s passive."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        before = _cpu_times()
-        time.sleep(window_s)
-        after = _cpu_times()
-    except OSError:
-        return os.getloadavg()[0] >= 0.5 * (cores or 1)
-    total, idle = after[0] - before[0], after[1] - before[1]
-    busy_cores = (total - idle) / max(total, 1) * after[2]
-    return busy_cores >= 0.5 * (cores or 1)
+if __name__ == "__main__":  # decided before torch loads OpenMP; a policy the user set is kept
+    apply_openmp_wait_policy()
 
-
-def _cpu_times() -> tuple[int, int, int]:
-    """(total, idle + iowait) jiffies summed over the CPUs /proc/stat lists, and their count."""
-    with open("/proc/stat") as stat:
-        lines = stat.read().splitlines()
-    fields = [int(x) for x in lines[0].split()[1:]]
-    listed = sum(line.startswith("cpu") and line[3:4].isdigit() for line in lines)
-    return sum(fields), fields[3] + fields[4], listed
-
-
-# Decided before torch loads OpenMP; an OMP_WAIT_POLICY the user set is kept.
-if "OMP_WAIT_POLICY" not in os.environ and busy_machine():
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-from drpose.train import cli  # noqa: E402  (torch loads after the environment is set)
+from drpose.train import cli  # torch loads after the environment is set
 
 STAGES = {
     "reward": "drpose.train.reward",
