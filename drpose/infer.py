@@ -23,8 +23,14 @@ Stages (a tqdm bar each; the wall time of each is printed at the end):
 
 from __future__ import annotations
 
+from drpose._cli import UsageError, apply_openmp_wait_policy, command
+
+if __name__ == "__main__":  # decided before torch loads OpenMP
+    apply_openmp_wait_policy()
+
 import argparse
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
 
+from drpose._progress import progress
 from drpose.body import load_smplx
 from drpose.pipelines import MultiViewPipeline
 from drpose.pipelines.default import default_pipeline_dir
@@ -233,6 +239,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fit-iters", type=int, default=defaults.fit.iterations)
     parser.add_argument("--carve-iters", type=int, default=defaults.carve.iterations)
     parser.add_argument("--poisson-depth", type=int, default=defaults.poisson_depth)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
@@ -244,15 +251,39 @@ def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = time.perf_counter() - start
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Run the CLI; returns the seconds per stage."""
-    args = parse_args(argv)
+def read_photo(path: Path) -> Image.Image:
+    """The input photo, fully decoded; UsageError naming ``path`` when it is missing, not a file
+    or not an image PIL can read (truncated or corrupt files included)."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such image file{' (a folder)' if path.is_dir() else ''}; "
+                         "pass the path of a photo (PNG, JPEG, ...)")
+    try:
+        photo = Image.open(path)
+        photo.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UsageError(f"{path}: not a readable image ({error}); pass a PNG or JPEG "
+                         "photo") from error
+    return photo
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    infer_image(parse_args(argv))
+    return 0
+
+
+def infer_image(args: argparse.Namespace) -> dict[str, float]:
+    """Photo -> views, mesh and turntable in ``args.out`` (:func:`parse_args`); returns the
+    seconds per stage. The inputs are checked before ``args.out`` is created."""
+    photo = read_photo(args.image)
+    if args.mask is not None:
+        read_photo(args.mask)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    stages = tqdm(total=4, desc="drpose.infer")
+    stages = progress(total=4, desc="drpose.infer", enabled=not args.no_progress)
 
     with timed(seconds, "matting"):
-        photo = Image.open(args.image)
         mask = person_mask(photo, args.mask)
         rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255
     stages.update()
@@ -270,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                              carve=CarveConfig(iterations=args.carve_iters),
                              poisson_depth=args.poisson_depth)
         result = reconstruct_views(output, framed, framed_mask, load_smplx(args.smplx_dir),
-                                   config, progress=True)
+                                   config, progress=not args.no_progress)
     stages.update()
 
     with timed(seconds, "export"):
@@ -293,4 +324,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -111,6 +111,37 @@ def test_validate_names_an_altered_image_even_when_it_decodes(copy):
     assert any(str(image) in p for p in problems)
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_bit])
+@pytest.mark.parametrize("hashes", [True, False])
+def test_validate_reports_a_damaged_index_and_keeps_earlier_problems(copy, capsys, damage,
+                                                                     hashes):
+    image = copy / "shards" / "shard-00000" / "00000002.png"
+    image.write_bytes(image.read_bytes()[:100])
+    index_path = copy / "shards" / "shard-00001" / fmt.INDEX_FILE
+    damage(index_path)
+    args = ["validate", str(copy)] + ([] if hashes else ["--no-hashes"])
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert str(index_path) in out and str(image) in out
+
+
+def test_dataset_reader_names_a_damaged_index(copy):
+    index_path = copy / "shards" / "shard-00001" / fmt.INDEX_FILE
+    _truncate(index_path)
+    with pytest.raises(ValueError, match=str(index_path)):
+        DrPoseDataset(copy)
+
+
 def test_validate_finds_non_finite_poses(copy):
     index_path = copy / "shards" / "shard-00000" / fmt.INDEX_FILE
     index = fmt.read_index(index_path)

@@ -74,9 +74,9 @@ def test_cli_writes_every_output(photo, tmp_path, capsys, monkeypatch):
     Image.fromarray((image * 255).astype(np.uint8)).save(path)
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="RANDOM-INIT"):
-        seconds = infer.main([str(path), "--out", str(out), "--steps", "2", "--resolution",
-                              "48", "--fit-iters", "5", "--carve-iters", "4",
-                              "--poisson-depth", "6"])
+        seconds = infer.infer_image(infer.parse_args(
+            [str(path), "--out", str(out), "--steps", "2", "--resolution", "48", "--fit-iters",
+             "5", "--carve-iters", "4", "--poisson-depth", "6"]))
     for name in ("views.png", "mesh.obj", "mesh.glb", "turntable.png"):
         assert (out / name).stat().st_size > 0, name
     mesh = trimesh.load(out / "mesh.glb", force="mesh")

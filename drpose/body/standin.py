@@ -51,11 +51,14 @@ import argparse
 import hashlib
 import importlib.metadata
 import os
+import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from drpose._cli import UsageError, command
 from drpose.body import _standin_mesh, _standin_rig, _standin_shape
 from drpose.body._standin_mesh import mesh_primitives, vertex_normals
 from drpose.body._standin_rig import (
@@ -214,7 +217,9 @@ def write_standin(out_dir: str | os.PathLike) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line."""
     parser = argparse.ArgumentParser(
         prog="python -m drpose.body.standin",
         description="Write a STAND-IN SMPL-X model file (not the licensed SMPL-X model) to "
@@ -222,8 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True, help="folder to write smplx/SMPLX_NEUTRAL.npz in")
     args = parser.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: an existing file, not a folder; pass a folder (the "
+                         f"model is written to OUT/{MODEL_FILE})")
     print(write_standin(args.out))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,11 @@ for the format and :mod:`drpose.data.build` for resuming and ``--shard``.
 
 from __future__ import annotations
 
+from drpose._cli import UsageError, apply_openmp_wait_policy, command
+
+if __name__ == "__main__":  # decided before torch loads OpenMP
+    apply_openmp_wait_policy()
+
 import argparse
 import sys
 from collections.abc import Sequence
@@ -118,6 +123,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _sheet(args: argparse.Namespace) -> int:
     from drpose.data.dataset import write_contact_sheet
 
+    if not args.dir.is_dir():
+        raise UsageError(f"{args.dir}: no such dataset folder; pass a folder made by "
+                         "`python -m drpose.data build`")
     print(write_contact_sheet(args.dir, args.out, count=args.count))
     return 0
 
@@ -130,14 +138,15 @@ def _renders(args: argparse.Namespace) -> int:
                           motion=args.motion, scans=args.scans, fits=args.fits, mesh=args.mesh,
                           fit_steps=args.fit_steps)
     if (args.out / META_FILE).is_file() and load_or_build(args.out).config != config:
-        raise SystemExit(f"error: {args.out} holds renders made with another config; choose "
-                         "another --out or delete the folder")
+        raise UsageError(f"{args.out} holds renders made with another config; choose another "
+                         "--out or delete the folder")
     data = load_or_build(args.out, config)
     print(f"{args.out}: {len(data)} samples at {args.resolution} px "
           f"({len(data.subset('eval'))} held out)")
     return 0
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)

@@ -54,6 +54,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +106,15 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_index(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``index.npz``."""
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    """All arrays of an ``index.npz``; ValueError naming ``path`` when it is damaged (truncated
+    or altered: not a readable zip of arrays)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as error:
+        raise ValueError(f"{path}: damaged ({type(error).__name__}: {error}); rebuild this shard "
+                         "(delete its folder and run `python -m drpose.data build` "
+                         "again)") from error
 
 
 def read_format(root: Path) -> dict[str, Any]:
@@ -291,8 +299,11 @@ def _validate_shard(root: Path, shard: int, spec: dict[str, Any], windows: np.nd
         problem(f"{folder / INDEX_FILE}: hash differs from {MANIFEST_FILE}")
     try:
         index = read_index(folder / INDEX_FILE)
-    except (OSError, ValueError) as error:
+    except OSError as error:
         problem(f"{folder / INDEX_FILE}: unreadable ({error})")
+        return 0
+    except ValueError as error:
+        problem(str(error))
         return 0
     first = shard * spec["windows_per_shard"]
     shard_windows = windows[first:first + spec["windows_per_shard"]]

@@ -10,6 +10,11 @@ Exit codes: 0 done, 2 bad arguments or inputs.
 
 from __future__ import annotations
 
+from drpose._cli import apply_openmp_wait_policy, command
+
+if __name__ == "__main__":  # decided before torch loads OpenMP
+    apply_openmp_wait_policy()
+
 import argparse
 import sys
 from pathlib import Path
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--fit-iterations", type=int, help="SMPL-X fit steps (recon default)")
     run.add_argument("--carve-iterations", type=int, help="carving steps (recon default)")
     run.add_argument("--recon-resolution", type=int, help="carving view side (recon default)")
+    for sub in (build, run):
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
@@ -65,31 +72,29 @@ def recon_config(args: argparse.Namespace):
     return config
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2: bad arguments or inputs)."""
     args = parse_args(argv)
-    try:
-        if args.command == "build":
-            config = benchmark.BuildConfig(count=args.count, resolution=args.resolution,
-                                           seed=args.seed, hard_fraction=args.hard_fraction)
-            manifest = benchmark.build_benchmark(args.out, assets=args.assets, poses=args.poses,
-                                                 config=config, progress=True)
-            print(f"{len(manifest['cases'])} cases in {args.out}")
-            return 0
-        names = [m.name for m in args.model]
-        if len(set(names)) != len(names):
-            raise ValueError(f"model names must differ, got {names}; use NAME=PIPELINE")
-        config = benchmark.RunConfig(align=args.align, steps=args.steps, guidance=args.guidance,
-                                     n_points=args.points, normal_size=args.normal_size)
-        benchmark.load_manifest(args.bench)
-        recon = recon_config(args)
-        models = {m.name: benchmark.pipeline_reconstructor(m, config, recon) for m in args.model}
-        out = args.out or args.bench / "results"
-        benchmark.run_benchmark(args.bench, models, out, config=config, progress=True)
-        print((out / "results.md").read_text())
+    if args.command == "build":
+        config = benchmark.BuildConfig(count=args.count, resolution=args.resolution,
+                                       seed=args.seed, hard_fraction=args.hard_fraction)
+        manifest = benchmark.build_benchmark(args.out, assets=args.assets, poses=args.poses,
+                                             config=config, progress=not args.no_progress)
+        print(f"{len(manifest['cases'])} cases in {args.out}")
         return 0
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    names = [m.name for m in args.model]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must differ, got {names}; use NAME=PIPELINE")
+    config = benchmark.RunConfig(align=args.align, steps=args.steps, guidance=args.guidance,
+                                 n_points=args.points, normal_size=args.normal_size)
+    benchmark.load_manifest(args.bench)
+    recon = recon_config(args)
+    models = {m.name: benchmark.pipeline_reconstructor(m, config, recon) for m in args.model}
+    out = args.out or args.bench / "results"
+    benchmark.run_benchmark(args.bench, models, out, config=config, progress=not args.no_progress)
+    print((out / "results.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ gets A-pose offsets added to every pose.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +187,15 @@ def load_gltf_asset(path: str | Path) -> RiggedAsset:
     from pygltflib import GLTF2, BufferFormat
 
     path = Path(path)
-    gltf = GLTF2().load(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such glTF file (.gltf or .glb)")
+    try:
+        gltf = GLTF2().load(str(path))
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable glTF 2.0 file ({type(error).__name__}: "
+                         f"{error}); pass a rigged .gltf or .glb character") from error
+    if gltf is None:
+        raise ValueError(f"{path}: not a glTF file (expected .gltf or .glb)")
     gltf.convert_buffers(BufferFormat.BINARYBLOB)  # data URIs and external .bin -> one blob
     skinned = [n for n in gltf.nodes if n.mesh is not None and n.skin is not None]
     if not skinned:

@@ -134,6 +134,9 @@ def load_amass(path: str | Path, *, num_betas: int = 10, source: str | None = No
         raise ValueError(
             f"{path}: poses must be (T, 156) SMPL-H or (T, 165) SMPL-X, got {poses.shape}"
         )
+    if trans.shape != (frames, 3):
+        raise ValueError(f"{path}: trans must be ({frames}, 3), one row per row of poses, got "
+                         f"{trans.shape}; the file is damaged or not an AMASS clip")
     if poses.shape[1] == 165:
         hands, jaw = poses[:, 75:165], poses[:, 66:69]
         shape = np.zeros((frames, num_betas))
@@ -160,6 +163,12 @@ def load_motion(path: str | Path, **options) -> PoseSequence:
     :class:`PoseSequence`, ``.bvh`` BVH (options go to the loader)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such motion file (.bvh, .npz, .npy or 'default')")
+    if suffix in (".npy", ".npz") and not _is_numpy_file(path, suffix):
+        raise ValueError(f"{path}: not a numpy {suffix} file (no "
+                         f"{'zip archive' if suffix == '.npz' else '.npy header'} inside); pass "
+                         "an AMASS / PoseSequence .npz or a Motion-X .npy")
     if suffix == ".npy":
         return load_motionx(path, **options)
     if suffix == ".npz":
@@ -169,6 +178,13 @@ def load_motion(path: str | Path, **options) -> PoseSequence:
     if suffix == ".bvh":
         return load_bvh(path, **options)[0]
     raise ValueError(f"{path}: unknown motion format {suffix!r} (expected .npy, .npz or .bvh)")
+
+
+def _is_numpy_file(path: Path, suffix: str) -> bool:
+    """True when ``path`` starts as a ``.npz`` (zip) or ``.npy`` file does."""
+    with path.open("rb") as file:
+        start = file.read(6)
+    return start.startswith(b"PK\x03\x04") if suffix == ".npz" else start == b"\x93NUMPY"
 
 
 def load_bvh(path: str | Path, **options) -> tuple[PoseSequence, FitReport]:
