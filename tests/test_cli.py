@@ -72,3 +72,63 @@ def test_progress_writes_plain_lines_when_not_a_terminal():
     for _ in progress(range(5), enabled=False, file=quiet):
         pass
     assert quiet.getvalue() == ""
+
+
+def _bad_inputs(folder):
+    """name -> (command main, argv, text the one line must contain), files made in ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    from drpose.body.standin import main as standin_main
+    from drpose.data.__main__ import main as data_main
+    from drpose.eval.__main__ import main as eval_main
+    from drpose.infer import main as infer_main
+
+    (folder / "not.bvh").write_text("hello\n")
+    (folder / "cut.bvh").write_text("HIERARCHY\nROOT Hips\n{\n OFFSET 0 0 0\n CHANNELS 6 Xpos")
+    np.savez(folder / "amass.npz", poses=np.zeros((5, 156)), trans=np.zeros((4, 3)),
+             betas=np.zeros(16), mocap_framerate=30.0)
+    (folder / "text.npz").write_text("not numpy\n")
+    (folder / "text.png").write_text("not an image\n")
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(folder / "ok.png")
+    (folder / "cut.png").write_bytes((folder / "ok.png").read_bytes()[:60])
+    (folder / "bad.glb").write_text("not glTF\n")
+    (folder / "a_file").write_text("x")
+    build = ["build", "--out", str(folder / "ds"), "--neighbours", "0", "--anchors", "1",
+             "--resolution", "32", "--no-progress", "--motion"]
+    infer = ["--out", str(folder / "infer_out"), "--no-progress"]
+    return {
+        "missing bvh": (data_main, [*build, str(folder / "gone.bvh")], "gone.bvh"),
+        "not bvh": (data_main, [*build, str(folder / "not.bvh")], "not.bvh"),
+        "cut bvh": (data_main, [*build, str(folder / "cut.bvh")], "cut.bvh"),
+        "amass lengths": (data_main, [*build, str(folder / "amass.npz")], "amass.npz"),
+        "text npz": (data_main, [*build, str(folder / "text.npz")], "text.npz"),
+        "shard": (data_main, [*build, "default", "--shard", "3/2"], "3/2"),
+        "anchors": (data_main, [*build[:-1], "--anchors", "0", "--motion", "default"], "0"),
+        "resolution": (data_main, [*build[:-1], "--resolution", "7", "--motion", "default"],
+                       "7"),
+        "sheet": (data_main, ["sheet", str(folder / "no_dataset")], "no_dataset"),
+        "infer missing": (infer_main, [str(folder / "gone.png"), *infer], "gone.png"),
+        "infer not image": (infer_main, [str(folder / "text.png"), *infer], "text.png"),
+        "infer corrupt": (infer_main, [str(folder / "cut.png"), *infer], "cut.png"),
+        "eval assets": (eval_main, ["build", "--out", str(folder / "bench"), "--assets",
+                                    str(folder / "bad.glb")], "bad.glb"),
+        "standin": (standin_main, ["--out", str(folder / "a_file")], "a_file"),
+    }
+
+
+BAD_INPUTS = ["missing bvh", "not bvh", "cut bvh", "amass lengths", "text npz", "shard",
+              "anchors", "resolution", "sheet", "infer missing", "infer not image",
+              "infer corrupt", "eval assets", "standin"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_naming_it(case, tmp_path, capsys):
+    main, argv, named = _bad_inputs(tmp_path)[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and named in err[-1], err
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "infer_out").exists()  # inputs are checked before --out is made
+    with pytest.raises(Exception, match=named):  # --debug shows the traceback
+        main([*argv, "--debug"])
