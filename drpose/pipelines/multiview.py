@@ -52,6 +52,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from drpose._files import make_readable
 from drpose.models import MultiViewUNet
 
 try:  # transformers >= 5 without torchvision: the PIL-backed processor (same settings)
@@ -484,6 +485,7 @@ class MultiViewPipeline:
         (root / "prompt_embeds").mkdir(parents=True, exist_ok=True)
         for domain, name in enumerate(PROMPT_EMBED_FILES):
             torch.save(self.prompt_embeds[domain].clone(), root / "prompt_embeds" / name)
+        make_readable(root)
 
     @classmethod
     def tiny(cls, seed: int = 0, **unet_overrides: Any) -> MultiViewPipeline:

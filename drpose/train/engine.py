@@ -31,9 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from drpose._files import save_safetensors
+from drpose._progress import progress
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -135,9 +137,9 @@ class Trainer:
             tmp = root / f".{final.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file(self.trainable_state(), tmp / "trainable.safetensors")
+            save_safetensors(self.trainable_state(), tmp / "trainable.safetensors")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            save_file(_rng_state(), tmp / "rng.safetensors")
+            save_safetensors(_rng_state(), tmp / "rng.safetensors")
             (tmp / "state.json").write_text(json.dumps(
                 {"step": self.step, "config": asdict(self.config)}, indent=1, default=str))
             _fsync_tree(tmp)
@@ -216,8 +218,9 @@ class Trainer:
         accelerator = self.accelerator
         self.model.train()
         end = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
-        bar = tqdm(total=config.steps, initial=self.step, desc=config.name, dynamic_ncols=True,
-                   disable=not (config.progress and accelerator.is_main_process))
+        bar = progress(total=config.steps, initial=self.step, desc=config.name,
+                       dynamic_ncols=True,
+                       enabled=config.progress and accelerator.is_main_process)
         last: dict[str, float] = {}
         skipped = 0
         while self.step < end:

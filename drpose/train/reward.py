@@ -26,9 +26,9 @@ from statistics import mean
 import torch
 from accelerate import PartialState
 from peft import LoraConfig
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from drpose._files import make_readable, save_safetensors
 from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
 from drpose.data.multiview import MultiViewRenders
@@ -310,9 +310,10 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
         tuner.save_eval_grid(eval_data, run_dir / "grid_after.png")
         if config.finetune == "lora":  # the adapters, as `python -m drpose.infer --lora` reads
             (run_dir / "lora").mkdir(exist_ok=True)
-            save_file(trainer.trainable_state(), run_dir / "lora" / "trainable.safetensors")
+            save_safetensors(trainer.trainable_state(), run_dir / "lora" / "trainable.safetensors")
         else:
             pipe.unet.save_pretrained(run_dir / "unet")
+            make_readable(run_dir / "unet")
     return metrics
 
 

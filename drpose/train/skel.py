@@ -34,6 +34,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
+from drpose._files import make_readable
 from drpose.data.multiview import MultiViewRenders
 from drpose.models import SkeletonNet
 from drpose.ops import pose_heatmap_loss, render_heatmaps
@@ -156,6 +157,7 @@ def run(config: SkelConfig, *, resume: bool = False) -> Path:
                        config.pck_threshold)
     out = config.train.run_dir / SKEL_SUBFOLDER
     net.save_pretrained(out)
+    make_readable(out)
     (out / POSESCORE_FILE).write_text(json.dumps(
         {"sigma": config.sigma, "views": reward.views}, indent=1))
     (config.train.run_dir / "metrics.json").write_text(json.dumps(

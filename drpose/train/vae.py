@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor
 
+from drpose._files import make_readable
 from drpose.data.multiview import MultiViewRenders
 from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
 
@@ -113,6 +114,7 @@ def run(config: VAEConfig, *, resume: bool = False) -> Path:
     psnr = float(-10 * torch.log10(F.mse_loss(recon.clamp(-1, 1) / 2 + 0.5, held)))
     out = config.train.run_dir / VAE_SUBFOLDER
     vae.save_pretrained(out)
+    make_readable(out)
     metrics = {"eval_psnr": psnr, "scaling_factor": vae.config.scaling_factor, **last}
     (config.train.run_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "config": asdict(config)}, indent=1, default=str))
