@@ -30,7 +30,7 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(CSRC)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel ninja
 	$(if $(TORCH_SPEC),$(BIN)/pip install -q "$(TORCH_SPEC)")
 	$(BIN)/pip install -q triton
-	$(BIN)/pip install -q -e ".[dev]" --no-build-isolation
+	DRPOSE_NATIVE=1 $(BIN)/pip install -q -e ".[dev]" --no-build-isolation
 	touch $(STAMP)
 
 system-deps:
