@@ -52,7 +52,7 @@ def test_checkpoint_interrupted_while_writing_keeps_previous(tmp_path, monkeypat
     root = tmp_path / "toy" / engine.CHECKPOINTS
     assert (root / engine.LATEST).read_text() == "step_0000002"
     calls = {"n": 0}
-    real = engine.save_file
+    real = engine.save_safetensors
 
     def dying_save(tensors, path):
         calls["n"] += 1
@@ -60,13 +60,13 @@ def test_checkpoint_interrupted_while_writing_keeps_previous(tmp_path, monkeypat
             raise KeyboardInterrupt
         real(tensors, path)
 
-    monkeypatch.setattr(engine, "save_file", dying_save)
+    monkeypatch.setattr(engine, "save_safetensors", dying_save)
     trainer.step = 4
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()
     assert (root / engine.LATEST).read_text() == "step_0000002"
     assert not (root / "step_0000004").exists()
-    monkeypatch.setattr(engine, "save_file", real)
+    monkeypatch.setattr(engine, "save_safetensors", real)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     fresh = Trainer(trainer.config, model)
     assert fresh.resume() and fresh.step == 2
