@@ -12,6 +12,7 @@ from drpose.reward import PoseScore, latents_from_rows
 from drpose.train import pretrain, skel
 from drpose.train.engine import TrainConfig
 from drpose.train.vae import load_vae
+from tests.conftest import tiny_train
 
 
 def test_vae_stage(tiny_vae):
@@ -153,3 +154,25 @@ def test_pretrain_continues_from_a_pipeline_folder(tiny_renders, tiny_vae):
         assert (value - before[name]).abs().max() <= 1.01e-2, name
     assert torch.equal(after.vae.encoder.conv_in.weight,
                        MultiViewPipeline.from_pretrained(first).vae.encoder.conv_in.weight)
+
+
+def test_skel_learns_from_a_pipeline_folders_vae_at_its_side(tiny_renders, tiny_vae, tmp_path):
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_vae, pipe / "vae")
+    (pipe / "unet").mkdir()
+    for sample_size, ok in ((8, True), (16, False)):  # the tiny VAE downsamples 32 px by 4
+        (pipe / "unet" / "config.json").write_text(json.dumps({"sample_size": sample_size}))
+        assert skel.pipeline_image_side(pipe) == 4 * sample_size
+        config = skel.SkelConfig(train=tiny_train("skel_pipe", tmp_path, 2),
+                                 renders=str(tiny_renders), vae="no/such/folder",
+                                 pipeline=str(pipe))
+        if ok:
+            out = skel.run(config)
+            assert (out / skel.POSESCORE_FILE).is_file()
+        else:
+            with pytest.raises(ValueError, match="--resolution 64"):
+                skel.run(config)
+    with pytest.raises(FileNotFoundError, match=r"unet/config\.json"):
+        skel.pipeline_image_side(tmp_path / "not_a_pipeline")

@@ -54,15 +54,18 @@ class SkelConfig:
     """Options of the ``skel`` stage.
 
     renders: render folder. vae: VAE folder (the pipeline's VAE: ``<pipeline>/vae`` or the
-    ``vae`` stage's output). batch_size: objects per step (x 6 views). sigma: heatmap sigma
-    (map pixels). channels, map_scale: :class:`SkeletonNet` widths and map side / latent side.
-    latent_noise: std of the training-latent noise. pck_threshold: PCK radius / map side.
+    ``vae`` stage's output). pipeline: a pipeline folder whose VAE g_skel learns from (sets
+    ``vae`` to ``<pipeline>/vae``; the renders' side must be the pipeline's image side).
+    batch_size: objects per step (x 6 views). sigma: heatmap sigma (map pixels). channels,
+    map_scale: :class:`SkeletonNet` widths and map side / latent side. latent_noise: std of the
+    training-latent noise. pck_threshold: PCK radius / map side.
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         name="skel", steps=300, lr=2e-3, checkpoint_every=100, log_every=20))
     renders: str = "runs/cache/renders"
     vae: str = "runs/cache/vae/vae"
+    pipeline: str | None = None
     batch_size: int = 4
     sigma: float = 1.5
     channels: tuple[int, int] = (48, 96)
@@ -121,10 +124,37 @@ def evaluate(reward: PoseScore, latents: Tensor, joints: Tensor,
     }
 
 
+def pipeline_image_side(folder: str | Path) -> int:
+    """The image side (pixels) a pipeline folder generates: ``unet.sample_size`` x the VAE's
+    downsampling factor ``2 ** (len(vae.block_out_channels) - 1)``, read from their configs."""
+    folder = Path(folder)
+    configs = {}
+    for part in ("unet", "vae"):
+        file = folder / part / "config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{folder} is not a pipeline folder: {file} is missing")
+        configs[part] = json.loads(file.read_text())
+    return configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+
+
+def resolve_vae(config: SkelConfig, data: MultiViewRenders) -> str:
+    """The VAE folder of ``config``: ``<pipeline>/vae`` when a pipeline is given (its image side
+    must be the renders' side), else ``config.vae``."""
+    if config.pipeline is None:
+        return config.vae
+    side = pipeline_image_side(config.pipeline)
+    if side != data.config.resolution:
+        raise ValueError(
+            f"renders {config.renders} are {data.config.resolution} px, pipeline "
+            f"{config.pipeline} generates {side} px: make renders at its side with "
+            f"'python -m drpose.data renders --resolution {side} --out DIR' and pass --renders DIR")
+    return str(Path(config.pipeline) / "vae")
+
+
 def run(config: SkelConfig, *, resume: bool = False) -> Path:
     """Train g_skel; returns ``<run_dir>/skel`` (network + ``posescore.json``)."""
     data = MultiViewRenders.load(config.renders)
-    vae = vae_stage.load_vae(config.vae)
+    vae = vae_stage.load_vae(resolve_vae(config, data))
     train, held = data.subset("train"), data.subset("eval")
     train_latents, held_latents = view_latents(vae, train), view_latents(vae, held)
     torch.manual_seed(config.train.seed)
