@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -168,12 +170,13 @@ def test_from_pshuman_loads_weights_and_prediction_type(
 ):
     state_dict = {name: t.to(dtype).contiguous() for name, t in tiny.state_dict().items()}
     write_checkpoint(tmp_path, state_dict, fmt, prediction_type)
-    loaded = MultiViewUNet.from_pshuman(tmp_path)
+    loaded = MultiViewUNet.from_pshuman(tmp_path, torch_dtype=dtype)
     assert loaded.config.prediction_type == prediction_type
     assert all(p.dtype == dtype for p in loaded.parameters())
     for name, t in loaded.state_dict().items():
         torch.testing.assert_close(t, state_dict[name], rtol=0, atol=0)
-    loaded32 = MultiViewUNet.from_pshuman(tmp_path, torch_dtype=torch.float32)
+    loaded32 = MultiViewUNet.from_pshuman(tmp_path)  # float32 whatever the file holds
+    assert {p.dtype for p in loaded32.parameters()} == {torch.float32}
     inputs = tiny_inputs(side=8)
     expected = run(tiny, inputs)
     tolerance = {"rtol": 0, "atol": 0} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
@@ -192,12 +195,92 @@ def test_from_pshuman_lists_missing_and_unexpected_keys(tiny, tmp_path):
     assert "1 unexpected: conv_in.extra" in str(error.value)
 
 
-def test_from_pshuman_never_assumes_prediction_type(tiny, tmp_path):
+def test_without_scheduler_config_pshumans_scheduler_is_used_and_said(tiny, tmp_path):
     write_checkpoint(tmp_path, dict(tiny.state_dict()), "safetensors", prediction_type=None)
-    with pytest.raises(FileNotFoundError, match="prediction_type"):
-        MultiViewUNet.from_pshuman(tmp_path)
-    given = MultiViewUNet.from_pshuman(tmp_path, prediction_type="v_prediction")
-    assert given.config.prediction_type == "v_prediction"
+    reference = json.loads((REFERENCE / "pshuman_scheduler_and_pipeline.json").read_text())
+    candidate = reference["noise_scheduler_inference"]["full_config_candidate_A_v_prediction"]
+    expected = {key: value for key, value in candidate.items() if key != "skip_prk_steps"}
+    assert expected == configs.PSHUMAN_SCHEDULER
+    with pytest.warns(UserWarning, match="PSHUMAN_SCHEDULER.*'v_prediction'"):
+        default = MultiViewUNet.from_pshuman(tmp_path)
+    assert default.config.prediction_type == "v_prediction"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # given: nothing to say
+        given = MultiViewUNet.from_pshuman(tmp_path, prediction_type="epsilon")
+    assert given.config.prediction_type == "epsilon"
+
+
+def test_prediction_type_contradicting_the_scheduler_config_is_refused(tiny, tmp_path):
+    write_checkpoint(tmp_path, dict(tiny.state_dict()), "safetensors", "epsilon")
+    with pytest.raises(ValueError, match="contradicts"):
+        MultiViewUNet.from_pshuman(tmp_path, prediction_type="v_prediction")
+
+
+def test_from_pshuman_takes_the_unet_folder_alone(tiny, tmp_path):
+    state_dict = {name: t.half().contiguous() for name, t in tiny.state_dict().items()}
+    write_checkpoint(tmp_path / "repo", state_dict, "safetensors", "epsilon")
+    # unet/ of the repository: the scheduler config beside it is read
+    inside = MultiViewUNet.from_pshuman(tmp_path / "repo" / "unet")
+    assert inside.config.prediction_type == "epsilon"
+    # unet/ copied elsewhere alone: PSHuman's scheduler, said
+    shutil.copytree(tmp_path / "repo" / "unet", tmp_path / "alone" / "my_unet")
+    with pytest.warns(UserWarning, match="PSHUMAN_SCHEDULER"):
+        alone = MultiViewUNet.from_pshuman(tmp_path / "alone" / "my_unet")
+    assert alone.config.prediction_type == "v_prediction"
+    for model in (inside, alone):
+        for name, t in model.state_dict().items():
+            assert t.dtype == torch.float32 and torch.equal(t, state_dict[name].float())
+
+
+def test_from_pshuman_takes_a_hugging_face_cache_folder(tiny, tmp_path):
+    cache = tmp_path / "models--pengHTYX--PSHuman_Unclip_768_6views"
+    write_checkpoint(cache / "snapshots" / "abc123", dict(tiny.state_dict()), "safetensors",
+                     "v_prediction")
+    loaded = MultiViewUNet.from_pshuman(cache, torch_dtype="bfloat16")
+    assert loaded.config.prediction_type == "v_prediction"
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+
+
+def test_from_pshuman_names_what_it_looked_for(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/unet/config\.json"):
+        MultiViewUNet.from_pshuman(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        MultiViewUNet.from_pshuman(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float128", torch.int32])
+def test_torch_dtype_must_be_a_floating_dtype(tiny, tmp_path, dtype):
+    write_checkpoint(tmp_path, dict(tiny.state_dict()), "safetensors", "epsilon")
+    with pytest.raises(ValueError, match="torch_dtype"):
+        MultiViewUNet.from_pshuman(tmp_path, torch_dtype=dtype)
+
+
+def test_pshumans_no_op_keywords_are_accepted(tiny):
+    inputs = tiny_inputs(side=8)
+    with torch.no_grad():
+        plain = tiny(**inputs, return_dict=False)[0]
+        # as PSHuman's pipeline calls its UNet (pipeline_mvdiffusion_unclip.py:L610-617)
+        theirs = tiny(inputs["sample"], inputs["timestep"],
+                      encoder_hidden_states=inputs["encoder_hidden_states"], dino_feature=None,
+                      class_labels=inputs["class_labels"], cross_attention_kwargs=None,
+                      return_dict=False)[0]
+        recorded = tiny(**inputs, vis_max_min=False).sample
+    torch.testing.assert_close(theirs, plain, rtol=0, atol=0)
+    torch.testing.assert_close(recorded, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "keyword, value, match",
+    [
+        ("dino_feature", torch.zeros(1, 4), r"dino_feature=<Tensor \(1, 4\)> is not supported"),
+        ("vis_max_min", True, "vis_max_min=True is not supported"),
+        ("dino_features", None, "unexpected keyword argument 'dino_features'"),
+    ],
+)
+def test_other_keywords_are_refused_by_name(tiny, keyword, value, match):
+    with pytest.raises(TypeError, match=match):
+        tiny(**tiny_inputs(side=8), **{keyword: value})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,7 +542,7 @@ def test_pshuman_config_round_trip():
 
 def test_save_pshuman_then_from_pshuman(tiny, tmp_path):
     tiny.save_pshuman(tmp_path)
-    with pytest.raises(FileNotFoundError):  # no scheduler config: prediction_type unknown
+    with pytest.warns(UserWarning, match="PSHUMAN_SCHEDULER"):  # no scheduler config
         MultiViewUNet.from_pshuman(tmp_path)
     loaded = MultiViewUNet.from_pshuman(tmp_path, prediction_type="epsilon")
 

@@ -261,3 +261,78 @@ def test_to_moves_every_component():
     output = pipe(image().double(), num_inference_steps=2,
                   generator=torch.Generator().manual_seed(0))
     assert output.colour_latents.dtype == torch.float64 and torch.isfinite(output.colours).all()
+
+
+def write_pshuman_repository(pipe: MultiViewPipeline, root) -> None:
+    """The folders a PSHuman user has: the checkpoint repository (float16 files, PSHuman's UNet
+    format, tokenizer/ and text_encoder/ unused, model_index.json) and, inside it, a checkout of
+    PSHuman's code holding the prompt embeddings."""
+    import copy
+    import json
+
+    half = copy.deepcopy(pipe).to(dtype=torch.float16)
+    half.save_pretrained(root)
+    shutil.rmtree(root / "unet")
+    half.unet.save_pshuman(root)
+    code = root / "PSHuman" / "mvdiffusion" / "data" / "fixed_prompt_embeds_7view"
+    shutil.move(root / "prompt_embeds", code)
+    for unused in ("tokenizer", "text_encoder"):
+        (root / unused).mkdir()
+    index = {"_class_name": "StableUnCLIPImg2ImgPipeline"}
+    (root / "model_index.json").write_text(json.dumps(index))
+
+
+def test_pshuman_repository_loads_in_the_dtype_asked_for(pipe, tmp_path):
+    write_pshuman_repository(pipe, tmp_path)
+    code = tmp_path / "PSHuman"
+    loaded = MultiViewPipeline.from_pretrained(tmp_path, prompt_embeds=code)
+    modules = (loaded.unet, loaded.vae, loaded.image_encoder, loaded.image_normalizer)
+    dtypes = {p.dtype for m in modules for p in m.parameters()} | {loaded.prompt_embeds.dtype}
+    assert dtypes == {torch.float32}  # float16 files, float32 by default
+    assert loaded.scheduler.config.prediction_type == "epsilon"
+    kwargs = {"num_inference_steps": 1, "decode": False}
+    a = pipe(image(), generator=torch.Generator().manual_seed(3), **kwargs)
+    b = loaded(image(), generator=torch.Generator().manual_seed(3), **kwargs)
+    torch.testing.assert_close(b.normal_latents, a.normal_latents, rtol=0.05, atol=0.05)
+    bf16 = MultiViewPipeline.from_pretrained(tmp_path, prompt_embeds=code,
+                                             torch_dtype="bfloat16")
+    modules = (bf16.unet, bf16.vae, bf16.image_encoder, bf16.image_normalizer)
+    dtypes = {p.dtype for m in modules for p in m.parameters()} | {bf16.prompt_embeds.dtype}
+    assert dtypes == {torch.bfloat16}
+    # the code checkout inside the folder is found without prompt_embeds=
+    shutil.move(code / "mvdiffusion", tmp_path / "mvdiffusion")
+    assert MultiViewPipeline.from_pretrained(tmp_path).prompt_embeds.shape == (2, VIEWS, 8, 32)
+
+
+def test_missing_scheduler_is_pshumans_said(pipe, tmp_path):
+    write_pshuman_repository(pipe, tmp_path)
+    shutil.rmtree(tmp_path / "scheduler")
+    with pytest.warns(UserWarning, match="PSHUMAN_SCHEDULER"):
+        loaded = MultiViewPipeline.from_pretrained(tmp_path, prompt_embeds=tmp_path / "PSHuman")
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    assert loaded.scheduler.config.beta_schedule == "linear"
+
+
+@pytest.mark.parametrize(
+    "remove, match",
+    [
+        ("vae", r"lacks component\(s\) vae \(no folder .*/vae\)"),
+        ("vae/diffusion_pytorch_model.safetensors", r"vae \(no weights .*/vae/diffusion_py"),
+        ("feature_extractor/preprocessor_config.json",
+         r"feature_extractor \(no .*feature_extractor/preprocessor_config\.json\)"),
+        ("image_noising_scheduler", "image_noising_scheduler"),
+    ],
+)
+def test_missing_component_is_named_with_its_folder(pipe, tmp_path, remove, match):
+    pipe.save_pretrained(tmp_path)
+    path = tmp_path / remove
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(FileNotFoundError, match=match) as error:
+        MultiViewPipeline.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_a_component_folder_given_as_the_pipeline_gets_a_hint(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pass its parent"):
+        MultiViewPipeline.from_pretrained(tmp_path / "unet")

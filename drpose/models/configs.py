@@ -142,6 +142,31 @@ PSHUMAN: dict[str, Any] = {
     "prediction_type": None,
 }
 
+# PSHuman's denoising scheduler when a checkpoint folder has no ``scheduler/scheduler_config.json``
+# (../shared/reference/pshuman_scheduler_and_pipeline.json, ``full_config_candidate_A``): PSHuman
+# saves ``DDIMScheduler.from_pretrained_linear(SD 2.1 unCLIP, subfolder="scheduler")``, which its
+# author describes as SD 2.1 unCLIP's scheduler config with the betas switched to "linear"; that
+# config predicts ``v_prediction``. The checkpoint's own file, when present, always wins (its
+# ``prediction_type`` cannot be derived from PSHuman's code). Only DDIM's keys (not PNDM's
+# ``skip_prk_steps``).
+PSHUMAN_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "rescale_betas_zero_snr": False,
+}
+
 # A few-million-parameter model of the same family (3 resolution levels, transformer blocks at
 # the two finest levels and in the middle, unCLIP projection class embedding): latents 4x16x16
 # (or 4x32x32), 8 input channels, context dim 32, class labels of 64 = 2 x a 32-d image embedding.

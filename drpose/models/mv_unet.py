@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ WEIGHT_FILES = (
     "diffusion_pytorch_model.fp16.bin",
 )
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# Keywords of PSHuman's UNetMV2DConditionModel.forward beyond diffusers' (see
+# ../shared/reference/pshuman_scheduler_and_pipeline.json, unet_forward_signature), with the one
+# value each takes in PSHuman's released model, where it changes nothing.
+PSHUMAN_NO_OP_KWARGS: dict[str, Any] = {"dino_feature": None, "vis_max_min": False}
 
 
 class MultiViewUNet(UNet2DConditionModel):
@@ -165,11 +170,17 @@ class MultiViewUNet(UNet2DConditionModel):
         return_dict: bool = True,
         **kwargs: Any,
     ) -> UNet2DConditionOutput | tuple[Tensor]:
-        """See the module docstring for shapes. ``kwargs`` go to ``UNet2DConditionModel``.
+        """See the module docstring for shapes.
+
+        ``kwargs``: ``UNet2DConditionModel``'s (``cross_attention_kwargs``, ``attention_mask``,
+        ...) and those PSHuman's pipeline passes to its own UNet that do nothing in its released
+        model (:data:`PSHUMAN_NO_OP_KWARGS`: ``dino_feature=None``, ``vis_max_min=False``); any
+        other value of those, or an unknown keyword, raises ``TypeError`` naming it.
 
         Raises:
             FloatingPointError: the output holds NaN or Inf (when ``self.check_finite``).
         """
+        kwargs = _stock_forward_kwargs(kwargs)
         if sample.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"MultiViewUNet: sample must have in_channels = {self.config.in_channels} channels "
@@ -231,32 +242,37 @@ class MultiViewUNet(UNet2DConditionModel):
         cls,
         path: str | Path,
         *,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | str = torch.float32,
         prediction_type: str | None = None,
     ) -> MultiViewUNet:
-        """Build and load a local copy of a PSHuman checkpoint folder, strictly.
+        """Build and load a local copy of PSHuman's UNet, strictly.
 
         Args:
-            path: folder with ``unet/config.json`` + weights (safetensors, sharded safetensors or
-                ``.bin``, float16 or float32) and ``scheduler/scheduler_config.json``.
-            torch_dtype: cast the weights to this dtype (default: keep the file's dtype).
-            prediction_type: only when the folder has no scheduler config; otherwise it is read
-                from ``scheduler/scheduler_config.json`` (it cannot be derived from PSHuman's code).
+            path: any of the folders a user has (:func:`find_pshuman_unet`): the downloaded
+                PSHuman checkpoint repository (``unet/`` and ``scheduler/`` inside), its ``unet/``
+                folder alone (``config.json`` + weights: safetensors, sharded safetensors or
+                ``.bin``, float16 or float32), or a Hugging Face cache folder of the repository
+                (``snapshots/<revision>/``).
+            torch_dtype: the dtype of the loaded weights (a ``torch.dtype`` or its name, e.g.
+                ``"bfloat16"``); float32 by default whatever the file holds (PSHuman's release is
+                float16), as diffusers' ``from_pretrained``.
+            prediction_type: only used when no scheduler config is found (beside ``unet/``);
+                otherwise it is read from ``scheduler/scheduler_config.json`` and must agree.
+                Neither: PSHuman's scheduler (:data:`configs.PSHUMAN_SCHEDULER`,
+                ``v_prediction``) with a warning saying so.
 
         Raises:
-            FileNotFoundError: a needed file is missing (the message lists what was looked for).
-            ValueError: missing, unexpected or mis-shaped weights (all listed).
+            FileNotFoundError: no UNet config or weights (the message lists what was looked for).
+            ValueError: missing, unexpected or mis-shaped weights (all listed); a contradicting
+                ``prediction_type``.
         """
-        root = Path(path)
-        unet_dir = root / "unet"
-        config_path = unet_dir / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"MultiViewUNet.from_pshuman: no {config_path}")
-        config = json.loads(config_path.read_text())
-        prediction_type = read_prediction_type(root, prediction_type)
+        dtype = as_dtype(torch_dtype)
+        unet_dir = find_pshuman_unet(path)
+        config = json.loads((unet_dir / "config.json").read_text())
+        prediction_type = read_prediction_type(unet_dir.parent, prediction_type)
         state_dict = load_weights(unet_dir)
-        if torch_dtype is not None:
-            state_dict = {name: t.to(torch_dtype) for name, t in state_dict.items()}
+        for name, tensor in state_dict.items():  # one tensor at a time: no second full copy
+            state_dict[name] = tensor.to(dtype)
         with torch.device("meta"):
             model = cls.from_pshuman_config(config, prediction_type=prediction_type)
         check_state_dict(model, state_dict, source=str(unet_dir))
@@ -275,13 +291,91 @@ def _parent_defaults() -> dict[str, Any]:
     return {name: p.default for name, p in parameters.items() if name != "self"}
 
 
+@functools.cache
+def _stock_forward_names() -> frozenset[str]:
+    parameters = inspect.signature(UNet2DConditionModel.forward).parameters
+    return frozenset(parameters) - {"self", "sample", "timestep", "encoder_hidden_states"}
+
+
+def _stock_forward_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without PSHuman's no-op keywords; TypeError for any other use of them or for
+    a keyword neither diffusers' UNet nor PSHuman's takes."""
+    stock = {}
+    for name, value in kwargs.items():
+        if name in PSHUMAN_NO_OP_KWARGS:
+            if value is not PSHUMAN_NO_OP_KWARGS[name]:
+                raise TypeError(
+                    f"MultiViewUNet.forward: {name}={_short(value)} is not supported: PSHuman's "
+                    f"released model only uses {name}={PSHUMAN_NO_OP_KWARGS[name]!r} (DINO "
+                    "features and max/min recording belong to variants it does not ship); drop "
+                    "the argument"
+                )
+        elif name in _stock_forward_names():
+            stock[name] = value
+        else:
+            raise TypeError(
+                f"MultiViewUNet.forward got an unexpected keyword argument {name!r}; it takes "
+                f"{sorted(_stock_forward_names() | set(PSHUMAN_NO_OP_KWARGS))}"
+            )
+    return stock
+
+
+def _short(value: Any) -> str:
+    return f"<Tensor {tuple(value.shape)}>" if isinstance(value, Tensor) else repr(value)
+
+
 def _tuple_or_int(value: int | Sequence[int]) -> int | tuple[int, ...]:
     return value if isinstance(value, int) else tuple(value)
 
 
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating ``torch.dtype`` from itself or its name ("float16", "bf16", "fp32", ...)."""
+    if isinstance(dtype, str):
+        names = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
+                 "float": "float32"}
+        name = names.get(dtype.lower(), dtype.lower())
+        dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"torch_dtype must be a floating torch dtype (e.g. torch.bfloat16 or "
+                         f"'bfloat16'), got {dtype!r}")
+    return dtype
+
+
+def find_pshuman_unet(path: str | Path) -> Path:
+    """The folder holding PSHuman's UNet ``config.json`` among the folders a user has: ``path``
+    itself (the ``unet/`` folder), ``path/unet`` (the checkpoint repository) or, for a Hugging Face
+    cache folder (``models--pengHTYX--PSHuman_Unclip_768_6views``), ``unet/`` of its only (or
+    ``refs/main``) snapshot.
+
+    Raises:
+        FileNotFoundError: none of them has a ``config.json`` (all candidates are listed).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MultiViewUNet.from_pshuman: {root} is not a folder")
+    candidates = [root, root / "unet"]
+    snapshots = root / "snapshots"
+    if snapshots.is_dir():
+        ref = root / "refs" / "main"
+        revisions = ([snapshots / ref.read_text().strip()] if ref.is_file()
+                     else sorted(p for p in snapshots.iterdir() if p.is_dir()))
+        if len(revisions) == 1:
+            candidates.append(revisions[0] / "unet")
+    for folder in candidates:
+        config_path = folder / "config.json"
+        if config_path.is_file() and "cross_attention_dim" in json.loads(config_path.read_text()):
+            return folder
+    looked = ", ".join(str(folder / "config.json") for folder in candidates)
+    raise FileNotFoundError(
+        f"MultiViewUNet.from_pshuman: no UNet config in {root} (looked for {looked}); pass "
+        "PSHuman's checkpoint folder (with unet/) or its unet/ folder"
+    )
+
+
 def read_prediction_type(root: Path, given: str | None = None) -> str:
-    """``prediction_type`` from ``root/scheduler/scheduler_config.json``; ``given`` is only
-    accepted when that file does not exist, and must then be given."""
+    """``prediction_type`` from ``root/scheduler/scheduler_config.json``; ``given`` must agree
+    with that file when it exists. Without the file: ``given``, else PSHuman's scheduler's
+    (:data:`configs.PSHUMAN_SCHEDULER`), with a warning saying so."""
     path = root / "scheduler" / "scheduler_config.json"
     if path.is_file():
         scheduler_config = json.loads(path.read_text())
@@ -297,9 +391,14 @@ def read_prediction_type(root: Path, given: str | None = None) -> str:
     elif given is not None:
         prediction_type = given
     else:
-        raise FileNotFoundError(
-            f"no {path}: the checkpoint's prediction_type cannot be derived from PSHuman's code; "
-            "copy the checkpoint's scheduler/ folder or pass prediction_type=..."
+        prediction_type = configs.PSHUMAN_SCHEDULER["prediction_type"]
+        warnings.warn(
+            f"no {path}: using PSHuman's scheduler as reconstructed from its code "
+            f"(drpose.models.configs.PSHUMAN_SCHEDULER, prediction_type={prediction_type!r}: "
+            "SD 2.1 unCLIP's scheduler with linear betas); copy the checkpoint's scheduler/ "
+            "folder or pass prediction_type= if the checkpoint predicts something else",
+            UserWarning,
+            stacklevel=3,
         )
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(

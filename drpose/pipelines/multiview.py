@@ -35,6 +35,7 @@ horizontally mirrored, normal maps in the front camera's frame, values in [0, 1]
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from drpose._files import make_readable
-from drpose.models import MultiViewUNet
+from drpose.models import MultiViewUNet, configs
+from drpose.models.mv_unet import as_dtype
 
 try:  # transformers >= 5 without torchvision: the PIL-backed processor (same settings)
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -61,17 +63,20 @@ except ImportError:
     from transformers import CLIPImageProcessor
 
 # PSHuman's inference scheduler minus prediction_type, which comes from the checkpoint.
-PSHUMAN_DDIM = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-}
+PSHUMAN_DDIM = {k: v for k, v in configs.PSHUMAN_SCHEDULER.items() if k != "prediction_type"}
 PROMPT_EMBED_FILES = ("normal_embeds.pt", "clr_embeds.pt")  # PSHuman's fixed_prompt_embeds_7view
+PSHUMAN_PROMPT_EMBEDS = Path("mvdiffusion/data/fixed_prompt_embeds_7view")  # in PSHuman's code
+SCHEDULER_CONFIG = "scheduler_config.json"
+# component -> (its config file, a glob of its weights or None): what from_pretrained reads.
+COMPONENTS: dict[str, tuple[str, str | None]] = {
+    "unet": ("config.json", "diffusion_pytorch_model*"),
+    "vae": ("config.json", "diffusion_pytorch_model*"),
+    "image_encoder": ("config.json", "*model*"),
+    "feature_extractor": ("preprocessor_config.json", None),
+    "image_normalizer": ("config.json", "diffusion_pytorch_model*"),
+    "image_noising_scheduler": (SCHEDULER_CONFIG, None),
+    "scheduler": (SCHEDULER_CONFIG, None),
+}
 
 
 @dataclass
@@ -419,58 +424,74 @@ class MultiViewPipeline:
         cls,
         local_dir: str | Path,
         *,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | str = torch.float32,
         prompt_embeds: str | Path | Tensor | None = None,
     ) -> MultiViewPipeline:
         """Load every component from a local folder (never the network).
 
-        ``local_dir`` holds diffusers-style subfolders ``unet`` (PSHuman's or ours), ``vae``,
-        ``image_encoder``, ``feature_extractor``, ``image_normalizer``,
-        ``image_noising_scheduler``, ``scheduler``, and ``prompt_embeds/`` with PSHuman's
-        ``normal_embeds.pt`` and ``clr_embeds.pt`` (from their code repository,
-        ``mvdiffusion/data/fixed_prompt_embeds_7view``), unless ``prompt_embeds`` gives that
-        folder or the ``(2, V, S, D)`` tensor. The scheduler is DDIM with the folder's config.
+        Args:
+            local_dir: a folder of :meth:`save_pretrained`, or PSHuman's downloaded checkpoint
+                repository (``pengHTYX/PSHuman_Unclip_768_6views``: its ``unet/`` in PSHuman's
+                format, its ``tokenizer/`` and ``text_encoder/`` unused), or a Hugging Face cache
+                folder of it (``snapshots/<revision>/``). Components (:data:`COMPONENTS`):
+                ``unet`` (ours or PSHuman's), ``vae``, ``image_encoder``, ``feature_extractor``,
+                ``image_normalizer``, ``image_noising_scheduler`` and ``scheduler`` (DDIM with
+                the folder's config; without one, PSHuman's :data:`configs.PSHUMAN_SCHEDULER`,
+                with a warning).
+            torch_dtype: the dtype of every component and of the prompt embeddings (a
+                ``torch.dtype`` or its name); float32 by default whatever the files hold.
+            prompt_embeds: PSHuman's fixed prompt embeddings, ``normal_embeds.pt`` and
+                ``clr_embeds.pt``: a folder holding them, a checkout of PSHuman's code repository
+                (``mvdiffusion/data/fixed_prompt_embeds_7view/``), or the ``(2, V, S, D)`` tensor;
+                None: ``local_dir/prompt_embeds/`` or the code repository's folder inside
+                ``local_dir``.
+
+        Raises:
+            FileNotFoundError: a missing component or file, naming the folder and the component.
         """
-        root = Path(local_dir)
-        subfolders = (
-            "unet",
-            "vae",
-            "image_encoder",
-            "feature_extractor",
-            "image_normalizer",
-            "image_noising_scheduler",
-            "scheduler",
-        )
-        missing = [str(root / sub) for sub in subfolders if not (root / sub).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"MultiViewPipeline.from_pretrained: missing {missing}")
+        dtype = as_dtype(torch_dtype)
+        root = resolve_snapshot(Path(local_dir))
+        check_components(root)
         local = {"local_files_only": True}
         unet_config = json.loads((root / "unet" / "config.json").read_text())
         if unet_config.get("_class_name") == MultiViewUNet.__name__:
-            unet = MultiViewUNet.from_pretrained(root, subfolder="unet", **local)
+            unet = MultiViewUNet.from_pretrained(root, subfolder="unet", torch_dtype=dtype, **local)
         else:
-            unet = MultiViewUNet.from_pshuman(root, torch_dtype=torch_dtype)
+            unet = MultiViewUNet.from_pshuman(root, torch_dtype=dtype)
         if not isinstance(prompt_embeds, Tensor):
-            prompt_embeds = load_prompt_embeds(Path(prompt_embeds or root / "prompt_embeds"))
+            prompt_embeds = load_prompt_embeds(Path(prompt_embeds) if prompt_embeds else root)
+        scheduler_config = root / "scheduler" / SCHEDULER_CONFIG
+        if scheduler_config.is_file():
+            scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", **local)
+        else:  # MultiViewUNet.from_pshuman warned already when the UNet is PSHuman's
+            if unet.config.prediction_type is None:
+                warnings.warn(f"no {scheduler_config}: using PSHuman's scheduler "
+                              "(drpose.models.configs.PSHUMAN_SCHEDULER)", UserWarning,
+                              stacklevel=2)
+            scheduler = DDIMScheduler(**{
+                **configs.PSHUMAN_SCHEDULER,
+                "prediction_type": unet.config.prediction_type
+                or configs.PSHUMAN_SCHEDULER["prediction_type"]})
         pipe = cls(
             unet=unet.eval(),
-            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **local).eval(),
+            vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype,
+                                              **local).eval(),
             image_encoder=CLIPVisionModelWithProjection.from_pretrained(
-                root / "image_encoder", **local
+                root / "image_encoder", torch_dtype=dtype, **local
             ).eval(),
             feature_extractor=CLIPImageProcessor.from_pretrained(
                 root / "feature_extractor", **local
             ),
             image_normalizer=StableUnCLIPImageNormalizer.from_pretrained(
-                root, subfolder="image_normalizer", **local
+                root, subfolder="image_normalizer", torch_dtype=dtype, **local
             ).eval(),
             image_noising_scheduler=DDPMScheduler.from_pretrained(
                 root, subfolder="image_noising_scheduler", **local
             ),
-            scheduler=DDIMScheduler.from_pretrained(root, subfolder="scheduler", **local),
+            scheduler=scheduler,
             prompt_embeds=prompt_embeds,
         )
-        return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
+        return pipe.to(dtype=dtype)
 
     def save_pretrained(self, local_dir: str | Path) -> None:
         """Write every component in the layout :meth:`from_pretrained` reads (safetensors)."""
@@ -556,16 +577,64 @@ def as_image_tensor(image: Tensor | Image.Image | Sequence[Image.Image]) -> Tens
 
 
 def load_prompt_embeds(folder: Path) -> Tensor:
-    """PSHuman's fixed prompt embeddings -> ``(2, V, S, D)`` [normal, colour]."""
-    paths = [folder / name for name in PROMPT_EMBED_FILES]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
+    """PSHuman's fixed prompt embeddings -> ``(2, V, S, D)`` [normal, colour], from ``folder``
+    itself, ``folder/prompt_embeds/`` (:meth:`MultiViewPipeline.save_pretrained`) or
+    ``folder/mvdiffusion/data/fixed_prompt_embeds_7view/`` (a checkout of PSHuman's code)."""
+    for candidate in (folder, folder / "prompt_embeds", folder / PSHUMAN_PROMPT_EMBEDS):
+        paths = [candidate / name for name in PROMPT_EMBED_FILES]
+        if all(p.is_file() for p in paths):
+            return torch.stack([torch.load(p, map_location="cpu", weights_only=True).float()
+                                for p in paths])
+    raise FileNotFoundError(
+        f"prompt embeddings not found: none of {folder}, {folder / 'prompt_embeds'}, "
+        f"{folder / PSHUMAN_PROMPT_EMBEDS} holds {' and '.join(PROMPT_EMBED_FILES)}; they are in "
+        f"PSHuman's code repository ({PSHUMAN_PROMPT_EMBEDS}): copy them to "
+        f"{folder / 'prompt_embeds'} or pass prompt_embeds= (that folder or the repository)"
+    )
+
+
+def resolve_snapshot(root: Path) -> Path:
+    """``root``, or for a Hugging Face cache folder (``models--ORG--NAME``) its only (or
+    ``refs/main``) snapshot."""
+    snapshots = root / "snapshots"
+    if (root / "unet").is_dir() or not snapshots.is_dir():
+        return root
+    ref = root / "refs" / "main"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    revisions = sorted(p for p in snapshots.iterdir() if p.is_dir())
+    if len(revisions) != 1:
         raise FileNotFoundError(
-            f"prompt embeddings not found: {missing}; copy PSHuman's "
-            "mvdiffusion/data/fixed_prompt_embeds_7view/{normal_embeds,clr_embeds}.pt there or "
-            "pass prompt_embeds="
+            f"{root} is a Hugging Face cache folder with {len(revisions)} snapshots and no "
+            "refs/main: pass the snapshot folder itself"
         )
-    return torch.stack([torch.load(p, map_location="cpu", weights_only=True) for p in paths])
+    return revisions[0]
+
+
+def check_components(root: Path) -> None:
+    """Raise FileNotFoundError naming ``root`` and every component of :data:`COMPONENTS` that is
+    missing or lacks its config or weights."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"MultiViewPipeline.from_pretrained: {root} is not a folder")
+    problems = []
+    for name, (config_name, weights) in COMPONENTS.items():
+        folder = root / name
+        if not folder.is_dir():
+            if name != "scheduler":  # optional: PSHuman's scheduler is the default
+                problems.append(f"{name} (no folder {folder})")
+        elif not (folder / config_name).is_file():
+            problems.append(f"{name} (no {folder / config_name})")
+        elif weights and not any(folder.glob(weights)):
+            problems.append(f"{name} (no weights {folder / weights})")
+    if problems:
+        hint = ""
+        if (root / "config.json").is_file() and (root.parent / "vae").is_dir():
+            hint = f"; {root} looks like a component folder: pass its parent {root.parent}"
+        raise FileNotFoundError(
+            f"MultiViewPipeline.from_pretrained: the pipeline folder {root} lacks component(s) "
+            f"{'; '.join(problems)}; a pipeline folder holds {', '.join(COMPONENTS)} (PSHuman's "
+            f"checkpoint repository or MultiViewPipeline.save_pretrained){hint}"
+        )
 
 
 def save_grid(output: MultiViewOutput, path: str | Path) -> Path:
