@@ -1,65 +1,20 @@
 """Shared measurement for the benchmark suite: time (pytest-benchmark), peak tensor memory, and a
 closing table of ratios against each group's torch baseline.
 
-Peak memory is measured the same way on every device: on CUDA with the allocator's peak counter;
-on CPU, where torch keeps no such counter, by a dispatch mode that watches every tensor storage
-created while the measured function runs and adds up those still alive after each op. That counts
-all tensors the function allocates (its outputs and temporaries, autograd included), not the
-allocator's caching or a compiled kernel's private scratch.
+Peak memory is :func:`drpose._memory.peak_memory_bytes` (the CUDA allocator's peak, or on the CPU
+the bytes of live tensors the function allocated).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-
-def _storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
-
-
-class _LiveStorages(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
-        # views and in-place results share an input's storage: not a new allocation
-        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:
-                storage = t.untyped_storage()
-                self.live.setdefault(_storage_key(t), (StorageWeakRef(storage),
-                                                       storage.nbytes()))
-        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
-        return out
-
-
-def peak_memory_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes of tensors allocated (and alive at once) while ``fn()`` runs."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-    mode = _LiveStorages()
-    with mode:
-        fn()
-    return mode.peak
+from drpose._memory import peak_memory_bytes
 
 
 @dataclass
