@@ -1,10 +1,14 @@
-"""``python -m drpose.eval build|run``: the MixamoRP-style benchmark (drpose.eval.benchmark).
+"""``python -m drpose.eval build|run|experiment``: the MixamoRP-style benchmark
+(drpose.eval.benchmark) and DrPose's experiment in miniature (drpose.eval.experiment).
 
 build: ``--out DIR [--assets PATH ...] [--poses PATH ...] [--count N] [--resolution R]``.
 run: ``--bench DIR --model [NAME=]PIPELINE[+LORA] [--model ...] [--out DIR]`` (PIPELINE: a
 MultiViewPipeline folder, ``default`` (the pretrained tiny pipeline ``python -m drpose.train``
 builds) or ``tiny`` (random init); LORA: a training run's ``lora`` folder). Base vs DrPose on the
 default chain: ``--model base=default --model drpose=default+runs/drpose/lora``.
+experiment: ``--out DIR [--quick] [--config FILE.json] [--FIELD VALUE ...]`` (every
+``ExperimentConfig`` field is a flag, nested ones dotted: ``--split.hard 64``); a rerun reuses the
+finished stages in DIR.
 Exit codes: 0 done, 2 bad arguments or inputs.
 """
 
@@ -54,7 +58,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--recon-resolution", type=int, help="carving view side (recon default)")
     for sub in (build, run):
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+    experiment = commands.add_parser("experiment", help="DrPose's experiment in miniature "
+                                     "(cached per stage under --out)")
+    experiment.add_argument("--out", required=True, type=Path)
+    experiment.add_argument("--quick", action="store_true",
+                            help="the test-sized variant (about two minutes)")
+    experiment.add_argument("--config", help="JSON file with config values (flags override it)")
+    from drpose.eval.experiment import ExperimentConfig
+    from drpose.train import cli
+
+    cli.add_arguments(experiment, ExperimentConfig)
     return parser.parse_args(argv)
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from drpose.eval import experiment
+    from drpose.train import cli
+
+    options = vars(args)
+    out, quick, config_file = options.pop("out"), options.pop("quick"), options.pop("config")
+    options.pop("command")
+    base = experiment.ExperimentConfig.quick() if quick else experiment.ExperimentConfig()
+    config = cli.build(experiment.ExperimentConfig, args, config_file, base=base)
+    experiment.run_experiment(config, out)
+    print((out / "results.md").read_text())
+    return 0
 
 
 def recon_config(args: argparse.Namespace):
@@ -76,6 +104,8 @@ def recon_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2: bad arguments or inputs)."""
     args = parse_args(argv)
+    if args.command == "experiment":
+        return run_experiment(args)
     if args.command == "build":
         config = benchmark.BuildConfig(count=args.count, resolution=args.resolution,
                                        seed=args.seed, hard_fraction=args.hard_fraction)

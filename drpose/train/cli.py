@@ -36,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
                                 help=f"(default: {_default(f)})")
 
 
-def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None = None) -> T:
-    """The dataclass from (defaults <- ``config_file`` JSON <- command-line flags)."""
+def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None = None,
+          base: T | None = None) -> T:
+    """The dataclass from (``base`` or the defaults <- ``config_file`` JSON <- command-line
+    flags)."""
     values: dict[str, Any] = json.loads(Path(config_file).read_text()) if config_file else {}
     for key, value in vars(args).items():
         node = values
@@ -45,7 +47,7 @@ def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return from_dict(cls, values)
+    return _apply(cls() if base is None else base, values)
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:

@@ -18,7 +18,7 @@ import contextlib
 import copy
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -262,6 +262,28 @@ def save_grid(pipe: MultiViewPipeline, reward: PoseScore, x0: Tensor, joints: Te
     return save_view_grid(torch.stack(rows), path)
 
 
+def reward_step_fn(tuner: RewardTuner, train_data: RewardData, rank: int = 0,
+                   grid_dir: Path | None = None) -> Callable[[int], StepOutput]:
+    """The :meth:`Trainer.fit` step of reward fine-tuning: micro-batch ``index`` draws
+    ``batch_size`` training pairs and the rollout's noise from ``step_generator(seed, index,
+    rank)``; every ``image_every`` optimisation steps its grid goes to ``grid_dir`` (None: no
+    grids)."""
+    config = tuner.config
+    every = config.image_every * config.train.grad_accum
+
+    def step(index: int) -> StepOutput:
+        generator = step_generator(config.train.seed, index, rank)
+        picks = torch.randint(len(train_data), (config.batch_size,), generator=generator)
+        images, joints = train_data.batch(picks)
+        out = tuner.loss(images, joints, generator)
+        if grid_dir is not None and every and index % every == 0:
+            save_grid(tuner.pipe, tuner.reward, out.x0, joints,
+                      grid_dir / f"step_{index:07d}.png")
+        return out
+
+    return step
+
+
 def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScore,
                  train_data: RewardData, eval_data: RewardData, *, resume: bool = False,
                  stop_after: int | None = None) -> dict[str, float]:
@@ -284,18 +306,8 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
             _write_json(metrics_path, {**metrics, "config": asdict(config)})
             with tuner.reference_model():
                 tuner.save_eval_grid(eval_data, run_dir / "grid_before.png")
-    rank = trainer.accelerator.process_index
-    every = config.image_every * config.train.grad_accum
-
-    def step(index: int) -> StepOutput:
-        generator = step_generator(config.train.seed, index, rank)
-        picks = torch.randint(len(train_data), (config.batch_size,), generator=generator)
-        images, joints = train_data.batch(picks)
-        out = tuner.loss(images, joints, generator)
-        if main and every and index % every == 0:
-            save_grid(pipe, reward, out.x0, joints, run_dir / "grids" / f"step_{index:07d}.png")
-        return out
-
+    step = reward_step_fn(tuner, train_data, trainer.accelerator.process_index,
+                          run_dir / "grids" if main else None)
     last = trainer.fit(step, stop_after=stop_after)
     trainer.close()
     if trainer.step < config.train.steps:
