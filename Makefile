@@ -21,7 +21,7 @@ CUDA_SOURCES := $(wildcard csrc/*.cu)
 # need them skip and say why.
 APT_PACKAGES := libusb-1.0-0 assimp-testmodels
 
-.PHONY: demo test bench lint cuda-check clean system-deps
+.PHONY: demo experiment test bench lint cuda-check clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ system-deps:
 ## make demo: the main job, DrPose reward fine-tuning on its embedded default (python -m drpose.train)
 demo: $(STAMP)
 	$(BIN)/python -m drpose.train
+
+## make experiment: DrPose's experiment in miniature on the CPU (python -m drpose.eval experiment),
+## cached per stage in $(EXPERIMENT_DIR): a rerun reuses the finished stages
+EXPERIMENT_DIR ?= runs/experiment
+experiment: $(STAMP) system-deps
+	$(BIN)/python -m drpose.eval experiment --out $(EXPERIMENT_DIR)
 
 ## make test: lint, the whole test suite, and (when csrc/ has CUDA sources) their compile check
 test: $(STAMP) system-deps $(if $(CUDA_SOURCES),cuda-check)

@@ -80,6 +80,17 @@ def apply_openmp_wait_policy() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
+def apply_niced_thread_limit() -> None:
+    """Set ``OMP_NUM_THREADS=1`` in a niced process (``os.nice(0) > 0``) unless the user set a
+    thread count. Call before torch is imported. A niced process gets a small share of a core a
+    normal-priority process also runs on, and each OpenMP parallel region waits at its barrier
+    for the slowest thread: measured on the 2-core development machine (2026-12-06, ``nice -n
+    10`` beside one busy process), a VAE step of ``python -m drpose.eval experiment`` took 5.4 s
+    with 2 threads and 0.27 s with 1."""
+    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "nice") and os.nice(0) > 0:
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def busy_machine(window_s: float = 0.3) -> bool:
     """True when other processes keep at least half the cores busy, measured over ``window_s``
     from ``/proc/stat`` (elsewhere: the 1-minute load average). OpenMP's default waits (spin,

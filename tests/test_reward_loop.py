@@ -142,3 +142,21 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert metrics["steps"] == 3
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+
+
+def test_train_reward_reports_a_judge_before_and_after(tmp_path):
+    config, pipe, reward, data = tiny_setup(tmp_path, name="judged")
+    seen = []
+
+    def judge(index, x0):
+        seen.append(index)
+        assert x0.shape[0] == 2 * pipe.views
+        return {"x0_mean": float(x0.mean())}
+
+    metrics = train_reward(config, pipe, reward, data, data, judge=judge)
+    saved = json.loads((tmp_path / "judged" / "metrics.json").read_text())
+    assert seen == list(range(len(data))) * 2  # before, then after
+    for when in ("before", "after"):
+        assert len(saved[f"x0_mean_{when}_each"]) == len(data)
+        assert saved[f"x0_mean_{when}"] == pytest.approx(metrics[f"x0_mean_{when}"])
+    assert saved["x0_mean_before_each"] != saved["x0_mean_after_each"]

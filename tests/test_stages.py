@@ -176,3 +176,42 @@ def test_skel_learns_from_a_pipeline_folders_vae_at_its_side(tiny_renders, tiny_
                 skel.run(config)
     with pytest.raises(FileNotFoundError, match=r"unet/config\.json"):
         skel.pipeline_image_side(tmp_path / "not_a_pipeline")
+
+
+def test_reward_run_reports_judges_against_the_true_views(tiny_renders, tiny_vae, tiny_skel,
+                                                          tmp_path, monkeypatch, capsys):
+    """The demo's metrics.json and printed line carry the judges next to the reward."""
+    from drpose.train import reward as reward_stage
+
+    pipeline = pretrain.run(pretrain.PretrainConfig(
+        train=tiny_train("pretrain_demo", tmp_path, 2), renders=str(tiny_renders),
+        vae=str(tiny_vae)))
+    judged = []
+    real_judge = reward_stage.default_view_judge
+
+    def spy(pipe, held, judge):
+        judged.append(judge)
+        return real_judge(pipe, held, judge)
+
+    monkeypatch.setattr(pretrain, "ensure_renders", lambda cache: tiny_renders)
+    monkeypatch.setattr(pretrain, "ensure_default", lambda cache: pipeline)
+    monkeypatch.setattr(skel, "ensure_default", lambda cache: tiny_skel[0])
+    monkeypatch.setattr(skel, "ensure_judge", lambda cache: tiny_skel[0])
+    monkeypatch.setattr(reward_stage, "default_view_judge", spy)
+    config = reward_stage.RewardConfig(train=tiny_train("demo", tmp_path, 1), num_steps=4,
+                                       early_stop=1, eval_samples=2, cache_dir=str(tmp_path),
+                                       image_every=0)
+    metrics = reward_stage.run(config)
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    for key in ("judge_posescore", "iou", "normal_error_deg", "psnr", "ssim"):
+        for when in ("before", "after"):
+            assert len(saved[f"{key}_{when}_each"]) == 2
+            assert saved[f"{key}_{when}"] == pytest.approx(metrics[f"{key}_{when}"])
+    assert 0 <= saved["iou_after"] <= 1 and 0 <= saved["normal_error_deg_after"] <= 180
+    # the judge here is the reward's own g_skel, so its scores must agree with the reward's
+    assert saved["judge_posescore_before_each"] == pytest.approx(saved["posescore_before_each"],
+                                                                 rel=1e-5)
+    assert saved["judge_posescore_true_views"] == pytest.approx(saved["posescore_true_views"])
+    assert len(judged) == 1
+    line = capsys.readouterr().out
+    assert "judge PoseScore" in line and "silhouette IoU" in line

@@ -14,10 +14,11 @@ Exit codes: 0 done, 2 bad arguments or inputs.
 
 from __future__ import annotations
 
-from drpose._cli import apply_openmp_wait_policy, command
+from drpose._cli import apply_niced_thread_limit, apply_openmp_wait_policy, command
 
 if __name__ == "__main__":  # decided before torch loads OpenMP
     apply_openmp_wait_policy()
+    apply_niced_thread_limit()
 
 import argparse
 import sys

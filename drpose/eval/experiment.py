@@ -54,8 +54,7 @@ from drpose.motion.select import pose_features
 from drpose.motion.sequence import PoseSequence, concatenate
 from drpose.pipelines.default import DONE_FILE
 from drpose.pipelines.multiview import MultiViewPipeline
-from drpose.render.image_metrics import image_metrics
-from drpose.reward import PoseScore, latents_from_rows
+from drpose.reward import PoseScore
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
 from drpose.train import vae as vae_stage
@@ -107,7 +106,7 @@ class ExperimentConfig:
     judge_seed: int = 1
     pretrain_steps: int = 400
     seeds: tuple[int, ...] = (0, 1, 2)
-    finetune_steps: int = 80
+    finetune_steps: int = 60
     reward_lr: float = 1e-2
     full_lr: float = 1e-4
     upper_lr: float = 1e-3
@@ -276,15 +275,11 @@ class Judge:
         indices = list(range(len(self.held))) if indices is None else indices
         out: dict[str, list] = {name: [] for name in (*METRICS, "iou_views")}
         kept = []
-        body = pipe.unet.config.num_body_views
+        scorers = {"reward": self.reward, "judge": self.judge}
         for n, index in enumerate(progress(indices, desc=desc, enabled=self.config.progress)):
-            x0 = self.generate(pipe, index)
-            latents = latents_from_rows(x0, pipe.views)[:, :body]
             joints = self.held.normalized_joints(slice(index, index + 1))
-            out["reward_posescore"].append(float(self.reward(latents, joints)))
-            out["judge_posescore"].append(float(self.judge(latents, joints)))
-            images = pipe.decode(x0).unflatten(0, (2, pipe.views))[:, :body]  # (2, V, 3, R, R)
-            scores = view_scores(images[0], images[1], *self.truth(index))
+            scores, images = judges.judge_rollout(pipe, self.generate(pipe, index),
+                                                  self.truth(index), joints, scorers)
             for name, value in scores.items():
                 out[name].append(value)
             if n < keep_images:
@@ -296,18 +291,6 @@ class Judge:
     def truth(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         normals, colours = self.held.views(index)
         return normals, colours, self.held.masks[index, :, 0].bool()
-
-
-def view_scores(normals: torch.Tensor, colours: torch.Tensor, true_normals: torch.Tensor,
-                true_colours: torch.Tensor, true_masks: torch.Tensor) -> dict[str, Any]:
-    """The image judges of one object's generated views ``(V, 3, R, R)`` against its renders."""
-    mask = judges.foreground_mask(normals)
-    iou = judges.silhouette_iou(mask, true_masks)
-    error = judges.normal_angular_error(normals, true_normals, mask, true_masks)
-    colour = image_metrics(colours.clamp(0, 1), true_colours)
-    return {"iou": float(iou.mean()), "iou_views": iou.tolist(),
-            "normal_error_deg": float(error.nanmean()), "psnr": colour["psnr"],
-            "ssim": colour["ssim"]}
 
 
 def _summary(scores: dict[str, Any]) -> dict[str, float]:

@@ -13,6 +13,8 @@ renders of :mod:`drpose.data.multiview`), masks ``(V, R, R)`` bool.
   of the angle (degrees) between the two decoded normals ``normalize(2 rgb - 1)``. Where one
   image shows background its white decodes to ``(1, 1, 1) / sqrt 3``, so a silhouette error
   costs the angle between that direction and the other normal (the same rule for both images).
+* :func:`view_scores` gathers them (and colour PSNR / SSIM) for one object;
+  :func:`judge_rollout` decodes a generated object and adds PoseScores.
 * :func:`sign_test`: the exact two-sided binomial sign test of paired differences (ties
   dropped): ``p = min(1, 2 * P[X <= min(n+, n-)])``, ``X ~ Binomial(n+ + n-, 1/2)``.
 """
@@ -21,9 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from drpose.render.image_metrics import image_metrics
+from drpose.reward import PoseScore, latents_from_rows
+
+if TYPE_CHECKING:
+    from drpose.pipelines.multiview import MultiViewPipeline
 
 BACKGROUND_DISTANCE = 0.15  # foreground: Euclidean RGB distance to white above this
 
@@ -95,3 +104,42 @@ def sign_test(differences: Tensor | list[float], tolerance: float = 0.0) -> Sign
     low = min(better, worse)
     tail = sum(math.comb(n, k) for k in range(low + 1)) / 2**n if n else 1.0
     return SignTest(better, worse, len(values) - n, min(1.0, 2 * tail))
+
+
+def view_scores(normals: Tensor, colours: Tensor, true_normals: Tensor, true_colours: Tensor,
+                true_masks: Tensor) -> dict[str, Any]:
+    """The image judges of one object's generated views ``(V, 3, R, R)`` against its renders
+    (masks ``(V, R, R)``): ``iou`` (mean over views) and ``iou_views``, ``normal_error_deg``
+    (mean over views with a mask), colour ``psnr`` and ``ssim`` (means over views)."""
+    mask = foreground_mask(normals)
+    iou = silhouette_iou(mask, true_masks)
+    error = normal_angular_error(normals, true_normals, mask, true_masks)
+    colour = image_metrics(colours.clamp(0, 1), true_colours)
+    return {"iou": float(iou.mean()), "iou_views": iou.tolist(),
+            "normal_error_deg": float(error.nanmean()), "psnr": colour["psnr"],
+            "ssim": colour["ssim"]}
+
+
+@torch.no_grad()
+def judge_rollout(pipe: MultiViewPipeline, x0: Tensor, truth: tuple[Tensor, Tensor, Tensor],
+                  joints: Tensor, scores: dict[str, PoseScore]) -> tuple[dict[str, Any], Tensor]:
+    """Judge one object's generated latents against its true views.
+
+    Args:
+        pipe: the pipeline that generated ``x0`` (its VAE decodes, its row layout).
+        x0: ``(2 * V, 4, h, w)`` rows ``[normal | colour]`` of one object.
+        truth: true ``(normals, colours, masks)``: ``(V_body, 3, R, R)`` x 2 in [0, 1] and
+            ``(V_body, R, R)`` bool.
+        joints: ``(1, J, 3)`` in normalised body coordinates.
+        scores: PoseScores by name; each adds ``<name>_posescore``.
+
+    Returns:
+        (:func:`view_scores` plus the PoseScores, decoded views ``(2, V_body, 3, R, R)``).
+    """
+    body = pipe.unet.config.num_body_views
+    latents = latents_from_rows(x0, pipe.views)[:, :body]
+    images = pipe.decode(x0).unflatten(0, (2, pipe.views))[:, :body]
+    out = view_scores(images[0], images[1], *truth)
+    for name, score in scores.items():
+        out[f"{name}_posescore"] = float(score(latents, joints))
+    return out, images

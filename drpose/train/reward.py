@@ -32,6 +32,7 @@ from drpose._files import make_readable, save_safetensors
 from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
 from drpose.data.multiview import MultiViewRenders
+from drpose.eval.judges import judge_rollout
 from drpose.pipelines.default import default_chain_dir
 from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
 from drpose.render import cameras
@@ -44,6 +45,8 @@ from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
 from drpose.train.rollout import ModelStep, plan_rollout, rollout, sample
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# (held-out sample index, its rollout's x0 rows (2*V, 4, h, w)) -> judge metrics by name
+ViewJudge = Callable[[int, Tensor], dict[str, float]]
 
 
 @dataclass
@@ -186,11 +189,19 @@ class RewardTuner:
         return RewardStep(loss, {"reward": float(score.detach()), "kl": float(result.kl.detach()),
                                  "stop_step": plan.stop}, x0=result.x0)
 
-    @torch.no_grad()
     def evaluate(self, data: RewardData, *, reference: bool = False) -> list[float]:
         """PoseScore of each sample's full gradient-free rollout from fixed noise."""
+        return self.evaluate_judged(data, reference=reference)[0]
+
+    @torch.no_grad()
+    def evaluate_judged(self, data: RewardData, *, reference: bool = False,
+                        judge: ViewJudge | None = None
+                        ) -> tuple[list[float], dict[str, list[float]]]:
+        """:meth:`evaluate`, and ``judge(index, x0)``'s metrics of each rollout (by name, one
+        value per sample; empty without a judge)."""
         config = self.config
         scores = []
+        judged: dict[str, list[float]] = {}
         context = self.reference_model() if reference else contextlib.nullcontext()
         with context:
             for index in range(len(data)):
@@ -200,7 +211,9 @@ class RewardTuner:
                 x0 = sample(self.pipe, cond, num_steps=config.num_steps,
                             guidance_scale=config.guidance_scale, eta=0.0, generator=generator)
                 scores.append(self.reward(self.body_latents(x0), joints))
-        return torch.cat(scores).tolist()
+                for name, value in (judge(index, x0) if judge else {}).items():
+                    judged.setdefault(name, []).append(value)
+        return torch.cat(scores).tolist(), judged
 
 
 def default_data(renders: MultiViewRenders, eval_samples: int) -> tuple[RewardData, RewardData]:
@@ -284,13 +297,42 @@ def reward_step_fn(tuner: RewardTuner, train_data: RewardData, rank: int = 0,
     return step
 
 
+def default_view_judge(pipe: MultiViewPipeline, held: MultiViewRenders,
+                       judge: PoseScore) -> ViewJudge:
+    """Judges the reward never sees, of held-out sample ``index``'s rollout against its true
+    renders ``held[index]``: silhouette IoU, normal error, colour PSNR / SSIM
+    (:mod:`drpose.eval.judges`) and ``judge_posescore``, the PoseScore of a second g_skel."""
+    joints = held.normalized_joints()
+
+    def view_judge(index: int, x0: Tensor) -> dict[str, float]:
+        normals, colours = held.views(index)
+        truth = (normals, colours, held.masks[index, :, 0].bool())
+        scores, _ = judge_rollout(pipe, x0, truth, joints[index:index + 1], {"judge": judge})
+        scores.pop("iou_views")
+        return scores
+
+    return view_judge
+
+
+def _add_evaluation(metrics: dict, when: str, scores: list[float],
+                    judged: dict[str, list[float]]) -> None:
+    metrics[f"posescore_{when}_each"] = scores
+    metrics[f"posescore_{when}"] = mean(scores)
+    for name, values in judged.items():
+        metrics[f"{name}_{when}_each"] = values
+        metrics[f"{name}_{when}"] = mean(values)
+
+
 def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScore,
                  train_data: RewardData, eval_data: RewardData, *, resume: bool = False,
-                 stop_after: int | None = None) -> dict[str, float]:
+                 stop_after: int | None = None, judge: ViewJudge | None = None
+                 ) -> dict[str, float]:
     """Reward fine-tuning; writes ``metrics.json``, checkpoints, logs and grids to the run dir.
 
     ``stop_after`` ends the call after that many steps (an interruption, for tests); a later
-    call with ``resume=True`` continues exactly.
+    call with ``resume=True`` continues exactly. ``judge``: metrics of each held-out rollout
+    the reward never sees, before and after (``<name>_before``, ``<name>_after`` and their
+    ``_each`` lists in ``metrics.json``).
     """
     tuner = RewardTuner(config, pipe, reward)
     trainer = Trainer(config.train, pipe.unet, tuner.parameters)
@@ -300,8 +342,8 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     metrics = json.loads(metrics_path.read_text()) if resumed and metrics_path.is_file() else {}
     main = trainer.accelerator.is_main_process
     if "posescore_before" not in metrics:
-        metrics["posescore_before_each"] = tuner.evaluate(eval_data, reference=True)
-        metrics["posescore_before"] = mean(metrics["posescore_before_each"])
+        _add_evaluation(metrics, "before",
+                        *tuner.evaluate_judged(eval_data, reference=True, judge=judge))
         if main:
             _write_json(metrics_path, {**metrics, "config": asdict(config)})
             with tuner.reference_model():
@@ -312,8 +354,8 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     trainer.close()
     if trainer.step < config.train.steps:
         return {**metrics, **last}
-    after = metrics["posescore_after_each"] = tuner.evaluate(eval_data)
-    metrics["posescore_after"] = mean(after)
+    _add_evaluation(metrics, "after", *tuner.evaluate_judged(eval_data, judge=judge))
+    after = metrics["posescore_after_each"]
     metrics["improved"] = sum(a > b for a, b in zip(after, metrics["posescore_before_each"],
                                                     strict=True))
     metrics["steps"] = trainer.step
@@ -347,21 +389,40 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     setup_s = time.perf_counter() - started
     pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
     reward = skel_stage.load_posescore(skel_dir)
-    metrics = train_reward(config, pipe, reward, train_data, eval_data, resume=resume)
+    judge = judge_score = None
+    if renders is not None and config.pipeline is None:  # judges on the true views (a judge
+        # g_skel of the default chain reads the default VAE's latents)
+        judge_score = skel_stage.load_posescore(skel_stage.ensure_judge(cache))
+        judge = default_view_judge(pipe, renders.subset("eval"), judge_score)
+    metrics = train_reward(config, pipe, reward, train_data, eval_data, resume=resume,
+                           judge=judge)
     if "posescore_after" not in metrics:
         return metrics
     if renders is not None:
-        metrics["posescore_true_views"] = rendered_posescore(pipe, reward, renders.subset("eval"),
+        held = renders.subset("eval")
+        metrics["posescore_true_views"] = rendered_posescore(pipe, reward, held,
                                                              config.eval_samples)
+        if judge_score is not None:
+            metrics["judge_posescore_true_views"] = rendered_posescore(
+                pipe, judge_score, held, config.eval_samples)
     metrics = {**metrics, "setup_s": setup_s, "total_s": time.perf_counter() - started}
     path = config.train.run_dir / "metrics.json"
     if PartialState().is_main_process:  # add the scale and the timings
         _write_json(path, {**json.loads(path.read_text()), **metrics})
     scale = (f" (true views: {metrics['posescore_true_views']:.4f})"
              if "posescore_true_views" in metrics else "")
+    judges = ""
+    if "judge_posescore_after" in metrics:
+        judges = (f"; judges the reward never sees: judge PoseScore "
+                  f"{metrics['judge_posescore_before']:.4f} -> "
+                  f"{metrics['judge_posescore_after']:.4f} (true views: "
+                  f"{metrics['judge_posescore_true_views']:.4f}), silhouette IoU "
+                  f"{metrics['iou_before']:.3f} -> {metrics['iou_after']:.3f}, normal error "
+                  f"{metrics['normal_error_deg_before']:.1f} -> "
+                  f"{metrics['normal_error_deg_after']:.1f} deg")
     print(f"PoseScore on {len(eval_data)} held-out poses: before "
           f"{metrics['posescore_before']:.4f} -> after {metrics['posescore_after']:.4f}"
-          f"{scale}, better on {metrics['improved']} of {len(eval_data)} ({path})")
+          f"{scale}, better on {metrics['improved']} of {len(eval_data)}{judges} ({path})")
     return metrics
 
 

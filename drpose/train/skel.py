@@ -47,6 +47,9 @@ from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
 
 SKEL_SUBFOLDER = "skel"
 POSESCORE_FILE = "posescore.json"
+JUDGE_RUN_NAME = "skel_judge"  # the default chain's judge g_skel (another seed and width)
+JUDGE_SEED = 1
+JUDGE_CHANNELS = (32, 64)
 
 
 @dataclass
@@ -214,13 +217,31 @@ def default_config(cache_dir: str | Path) -> SkelConfig:
     return config
 
 
-def ensure_default(cache_dir: str | Path) -> Path:
-    """The default g_skel folder under ``cache_dir`` (renders, VAE and g_skel built and cached
-    when missing); load it with :func:`load_posescore`."""
+def judge_config(cache_dir: str | Path) -> SkelConfig:
+    """The default chain's judge g_skel: :func:`default_config` with seed ``JUDGE_SEED`` and
+    widths ``JUDGE_CHANNELS`` (same renders: independent of the reward's g_skel in its
+    initialisation, data order and width, not in its poses)."""
     config = default_config(cache_dir)
+    config.train.name, config.train.seed = JUDGE_RUN_NAME, JUDGE_SEED
+    config.channels = JUDGE_CHANNELS
+    return config
+
+
+def _ensure(config: SkelConfig, cache_dir: str | Path, stage: str) -> Path:
     out = config.train.run_dir / SKEL_SUBFOLDER
     if not (out / pretrain.DONE_FILE).is_file():
         pretrain.ensure_vae(cache_dir)
         out = run(config)
-        (out / pretrain.DONE_FILE).write_text(json.dumps({"stage": "skel"}))
+        (out / pretrain.DONE_FILE).write_text(json.dumps({"stage": stage}))
     return out
+
+
+def ensure_default(cache_dir: str | Path) -> Path:
+    """The default g_skel folder under ``cache_dir`` (renders, VAE and g_skel built and cached
+    when missing); load it with :func:`load_posescore`."""
+    return _ensure(default_config(cache_dir), cache_dir, "skel")
+
+
+def ensure_judge(cache_dir: str | Path) -> Path:
+    """The default judge g_skel folder (:func:`judge_config`), built and cached when missing."""
+    return _ensure(judge_config(cache_dir), cache_dir, "skel_judge")
