@@ -132,3 +132,15 @@ def test_bad_input_is_one_line_naming_it(case, tmp_path, capsys):
     assert not (tmp_path / "infer_out").exists()  # inputs are checked before --out is made
     with pytest.raises(Exception, match=named):  # --debug shows the traceback
         main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize("niceness,preset,expected", [(10, None, "1"), (0, None, None),
+                                                      (10, "2", "2")])
+def test_niced_processes_run_one_openmp_thread(monkeypatch, niceness, preset, expected):
+    monkeypatch.setattr(_cli.os, "nice", lambda increment: niceness)
+    if preset is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", preset)
+    _cli.apply_niced_thread_limit()
+    assert _cli.os.environ.get("OMP_NUM_THREADS") == expected
