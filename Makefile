@@ -21,7 +21,7 @@ CUDA_SOURCES := $(wildcard csrc/*.cu)
 # need them skip and say why.
 APT_PACKAGES := libusb-1.0-0 assimp-testmodels
 
-.PHONY: demo experiment test bench lint cuda-check clean system-deps
+.PHONY: demo experiment test bench lint cuda-check gpu-check clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ test: $(STAMP) system-deps $(if $(CUDA_SOURCES),cuda-check)
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench --benchmark-only -q \
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+
+## make gpu-check: compile every Triton launch of the public ops for sm_80/86/89/90 without a GPU;
+## fails on a compile error, shared memory over the arch's limit, or a forbidden register spill
+gpu-check: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m drpose.ops.gpu_check --jobs 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
