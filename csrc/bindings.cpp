@@ -6,5 +6,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "drpose C++ (OpenMP) kernels; use them through drpose.ops";
   m.def("pose_heatmap_loss_forward_cpu", &drpose::pose_heatmap_loss_forward_cpu);
   m.def("pose_heatmap_loss_backward_cpu", &drpose::pose_heatmap_loss_backward_cpu);
+  m.def("pose_heatmap_loss_forward_grad_cpu", &drpose::pose_heatmap_loss_forward_grad_cpu);
   m.def("rasterize_forward_cpu", &drpose::rasterize_forward_cpu);
 }

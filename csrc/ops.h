@@ -19,6 +19,12 @@ std::tuple<at::Tensor, at::Tensor> pose_heatmap_loss_backward_cpu(
     const at::Tensor& logits, const at::Tensor& keypoints,
     const at::Tensor& coeff,  // (M,) upstream gradient times weight
     double sigma, int64_t loss, bool keypoints_grad);
+// One pass: (sums (M,), grad_logits (M, H, W) = weight * df/dz in logits' dtype, grad_keypoints
+// (M, 2) = weight * df/dk, or (0, 2) when keypoints_grad is false).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pose_heatmap_loss_forward_grad_cpu(
+    const at::Tensor& logits, const at::Tensor& keypoints,
+    const at::Tensor& weight,  // (M,)
+    double sigma, int64_t loss, bool keypoints_grad);
 
 // rasterize: nvdiffrast's rasterize contract on the CPU; see csrc/rasterize_cpu.cpp and
 // drpose/ops/rasterize.py. pos (N, V, 4) clip space, tri (T, 3) int32 -> rast (N, H, W, 4).

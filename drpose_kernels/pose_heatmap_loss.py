@@ -5,6 +5,10 @@ Gaussian target is computed on the fly and never stored:
 
     t[y, x] = exp(-((x - kx)^2 + (y - ky)^2) / (2 sigma^2))
 
+One kernel, three uses (constexpr flags): the forward, the backward, and the one-pass
+forward + gradient (the loss sums and weight * df/dz from one read of the logits, one exp(-|z|)
+per pixel shared by the loss and the sigmoid).
+
 Forward:   out[m] = weight[m] * sum_{y,x} f(z, t)
            bce: f = max(z, 0) - z t + log1p(exp(-|z|))        mse: f = (z - t)^2
 Backward:  with c = coeff[m] (= upstream gradient * weight[m]),
@@ -40,67 +44,71 @@ def _target(idx, W, kx, ky, inv_two_sigma2):
 
 
 @triton.jit
-def _forward_kernel(logits_ptr, kp_ptr, weight_ptr, params_ptr, out_ptr, H, W,
-                    LOSS: tl.constexpr, BLOCK: tl.constexpr):
+def _map_kernel(logits_ptr, kp_ptr, scale_ptr, params_ptr, out_ptr, grad_ptr, grad_kp_ptr, H, W,
+                LOSS: tl.constexpr, LOSS_SUM: tl.constexpr, GRAD: tl.constexpr,
+                KEYPOINTS_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per map m, scale c = scale[m]: out[m] = c sum f (LOSS_SUM), grad = c df/dz
+    (GRAD), grad_kp[m] = c / sigma^2 sum df/dt t (x - kx, y - ky) (KEYPOINTS_GRAD); one exp(-|z|)
+    per pixel shared by the loss and the sigmoid."""
     m = tl.program_id(0).to(tl.int64)
     n = H * W
-    weight = tl.load(weight_ptr + m)
+    c = tl.load(scale_ptr + m)
     kx = tl.load(kp_ptr + 2 * m)
     ky = tl.load(kp_ptr + 2 * m + 1)
     inv_two_sigma2 = tl.load(params_ptr)
-    acc = tl.zeros([BLOCK], dtype=weight.dtype)
-    if weight != 0:
+    acc_f = tl.zeros([BLOCK], dtype=c.dtype)
+    acc_x = tl.zeros([BLOCK], dtype=c.dtype)
+    acc_y = tl.zeros([BLOCK], dtype=c.dtype)
+    if (c != 0) | GRAD:  # a zero-weight map adds nothing to the loss; its gradient is written 0
         for start in range(0, n, BLOCK):
             idx = start + tl.arange(0, BLOCK)
             mask = idx < n
-            z = tl.load(logits_ptr + m * n + idx, mask=mask, other=0).to(weight.dtype)
-            t, _, _ = _target(idx, W, kx, ky, inv_two_sigma2)
+            z = tl.load(logits_ptr + m * n + idx, mask=mask, other=0).to(c.dtype)
+            t, x, y = _target(idx, W, kx, ky, inv_two_sigma2)
             if LOSS == 0:
-                f = tl.maximum(z, 0.0) - z * t + _log1p_unit(tl.exp(-tl.abs(z)))
+                e = tl.exp(-tl.abs(z))
+                f = tl.maximum(z, 0.0) - z * t + _log1p_unit(e)
+                d_logit = tl.where(z >= 0, 1.0, e) / (1.0 + e) - t
+                d_target = -z
             else:
                 f = (z - t) * (z - t)
-            acc += tl.where(mask, f, 0.0)
-    tl.store(out_ptr + m, tl.sum(acc, axis=0) * weight)
-
-
-@triton.jit
-def _backward_kernel(logits_ptr, kp_ptr, coeff_ptr, params_ptr, grad_ptr, grad_kp_ptr, H, W,
-                     LOSS: tl.constexpr, KEYPOINTS_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    m = tl.program_id(0).to(tl.int64)
-    n = H * W
-    c = tl.load(coeff_ptr + m)
-    kx = tl.load(kp_ptr + 2 * m)
-    ky = tl.load(kp_ptr + 2 * m + 1)
-    inv_two_sigma2 = tl.load(params_ptr)
-    acc_x = tl.zeros([BLOCK], dtype=c.dtype)
-    acc_y = tl.zeros([BLOCK], dtype=c.dtype)
-    for start in range(0, n, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        mask = idx < n
-        z = tl.load(logits_ptr + m * n + idx, mask=mask, other=0).to(c.dtype)
-        t, x, y = _target(idx, W, kx, ky, inv_two_sigma2)
-        if LOSS == 0:
-            e = tl.exp(-tl.abs(z))
-            d_logit = tl.where(z >= 0, 1.0, e) / (1.0 + e) - t
-            d_target = -z
-        else:
-            d_logit = 2.0 * (z - t)
-            d_target = -2.0 * (z - t)
-        grad = (c * d_logit).to(grad_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
-        tl.store(grad_ptr + m * n + idx, grad, mask=mask)
-        if KEYPOINTS_GRAD:
-            g = tl.where(mask, d_target * t, 0.0)
-            acc_x += g * (x - kx)
-            acc_y += g * (y - ky)
+                d_logit = 2.0 * (z - t)
+                d_target = -2.0 * (z - t)
+            if LOSS_SUM:
+                acc_f += tl.where(mask, f, 0.0)
+            if GRAD:
+                grad = (c * d_logit).to(grad_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+                tl.store(grad_ptr + m * n + idx, grad, mask=mask)
+            if KEYPOINTS_GRAD:
+                g = tl.where(mask, d_target * t, 0.0)
+                acc_x += g * (x - kx)
+                acc_y += g * (y - ky)
+    if LOSS_SUM:
+        tl.store(out_ptr + m, tl.sum(acc_f, axis=0) * c)
     if KEYPOINTS_GRAD:
-        scale = c * 2.0 * inv_two_sigma2  # c / sigma^2
-        tl.store(grad_kp_ptr + 2 * m, tl.sum(acc_x, axis=0) * scale)
-        tl.store(grad_kp_ptr + 2 * m + 1, tl.sum(acc_y, axis=0) * scale)
+        kp_scale = c * 2.0 * inv_two_sigma2  # c / sigma^2
+        tl.store(grad_kp_ptr + 2 * m, tl.sum(acc_x, axis=0) * kp_scale)
+        tl.store(grad_kp_ptr + 2 * m + 1, tl.sum(acc_y, axis=0) * kp_scale)
 
 
 def _params(sigma: float, like: torch.Tensor) -> torch.Tensor:
     # Passed as a tensor so fp64 inputs keep an fp64 1/(2 sigma^2) (Python floats become fp32).
     return torch.tensor([1.0 / (2.0 * sigma * sigma)], dtype=like.dtype, device=like.device)
+
+
+def _launch(logits: torch.Tensor, keypoints: torch.Tensor, scale: torch.Tensor, sigma: float,
+            loss: str, *, loss_sum: bool, grad: bool, keypoints_grad: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    maps, height, width = logits.shape
+    out = torch.empty_like(scale) if loss_sum else scale.new_empty(0)
+    grad_logits = torch.empty_like(logits) if grad else logits.new_empty(0)
+    grad_keypoints = scale.new_empty((maps if keypoints_grad else 0, 2))
+    if maps:
+        _map_kernel[(maps,)](logits, keypoints, scale, _params(sigma, scale), out, grad_logits,
+                             grad_keypoints, height, width, LOSS=LOSS_CODES[loss],
+                             LOSS_SUM=loss_sum, GRAD=grad, KEYPOINTS_GRAD=keypoints_grad,
+                             BLOCK=BLOCK)
+    return out, grad_logits, grad_keypoints
 
 
 def map_loss_forward(logits: torch.Tensor, keypoints: torch.Tensor, weight: torch.Tensor,
@@ -110,12 +118,8 @@ def map_loss_forward(logits: torch.Tensor, keypoints: torch.Tensor, weight: torc
     logits (M, H, W) contiguous; keypoints (M, 2) and weight (M,) contiguous in the
     accumulation dtype (fp64 for fp64 logits, else fp32). Returns (M,) in that dtype.
     """
-    maps, height, width = logits.shape
-    out = torch.empty_like(weight)
-    if maps:
-        _forward_kernel[(maps,)](logits, keypoints, weight, _params(sigma, weight), out,
-                                 height, width, LOSS=LOSS_CODES[loss], BLOCK=BLOCK)
-    return out
+    return _launch(logits, keypoints, weight, sigma, loss, loss_sum=True, grad=False,
+                   keypoints_grad=False)[0]
 
 
 def map_loss_backward(logits: torch.Tensor, keypoints: torch.Tensor, coeff: torch.Tensor,
@@ -126,12 +130,16 @@ def map_loss_backward(logits: torch.Tensor, keypoints: torch.Tensor, coeff: torc
     Returns grad_logits (M, H, W) in the logits dtype and grad_keypoints (M, 2) (or (0, 2) when
     ``keypoints_grad`` is False) in the accumulation dtype.
     """
-    maps, height, width = logits.shape
-    grad_logits = torch.empty_like(logits)
-    grad_keypoints = torch.empty((maps if keypoints_grad else 0, 2), dtype=coeff.dtype,
-                                 device=coeff.device)
-    if maps:
-        _backward_kernel[(maps,)](logits, keypoints, coeff, _params(sigma, coeff), grad_logits,
-                                  grad_keypoints, height, width, LOSS=LOSS_CODES[loss],
-                                  KEYPOINTS_GRAD=keypoints_grad, BLOCK=BLOCK)
+    _, grad_logits, grad_keypoints = _launch(logits, keypoints, coeff, sigma, loss,
+                                             loss_sum=False, grad=True,
+                                             keypoints_grad=keypoints_grad)
     return grad_logits, grad_keypoints
+
+
+def map_loss_forward_grad(logits: torch.Tensor, keypoints: torch.Tensor, weight: torch.Tensor,
+                          sigma: float, loss: str, keypoints_grad: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass: the sums of ``map_loss_forward`` and the gradients of ``map_loss_backward`` for
+    coeff = weight, from one read of the logits."""
+    return _launch(logits, keypoints, weight, sigma, loss, loss_sum=True, grad=True,
+                   keypoints_grad=keypoints_grad)

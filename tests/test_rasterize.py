@@ -241,6 +241,9 @@ def test_checks_name_the_argument():
         rasterize(pos, tri, (0, 4))
     with pytest.raises(ValueError, match="nvdiffrast"):
         rasterize(pos, tri, (4, 4), backend="nvdiffrast")
+    # an image of a million pixels squared: refused before allocating, naming size and limit
+    with pytest.raises(ValueError, match=r"resolution=\(1000000, 1000000\).*GiB.*GiB of memory"):
+        rasterize(pos, tri, (1_000_000, 1_000_000))
     with pytest.raises(ValueError, match="attr"):
         interpolate(torch.zeros(2, 3, 1), torch.zeros(3, 4, 4, 4), tri)
 

@@ -8,6 +8,8 @@ falls back to torch (with one warning) when the needed piece is missing.
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 import warnings
 
@@ -40,6 +42,45 @@ def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
         where = ", ".join(f"{name} on {t.device}" for name, t in given.items())
         raise ValueError(f"{op}(): all tensors must be on one device, got {where}")
     return devices.pop()
+
+
+def check_size(op: str, name: str, size: object) -> tuple[int, int]:
+    """``size`` as (H, W) positive ints, or a ValueError naming ``name`` (a float such as 5.5, a
+    bool or a value <= 0 is refused; 5.0 too: sizes are counts of pixels)."""
+    try:
+        height, width = (operator.index(s) for s in size)  # ints only, not 5.0
+        if isinstance(size[0], bool) or isinstance(size[1], bool):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}(): {name} must be (H, W), two positive ints, got {size!r}"
+                         ) from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{op}(): {name} must be (H, W), two positive ints, got {size!r}")
+    return height, width
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (RAM for the CPU), or None where unknown (meta tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_output_size(op: str, name: str, value: object, shape: tuple[int, ...],
+                      dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ValueError, naming ``name`` = ``value``, when an output of ``shape`` and ``dtype``
+    would need more bytes than ``device`` has in all (instead of failing in the allocator)."""
+    limit = device_memory_bytes(device)
+    needed = math.prod(shape) * dtype.itemsize
+    if limit is not None and needed > limit:
+        raise ValueError(f"{op}(): {name}={value!r} asks for a {tuple(shape)} {dtype} output of "
+                         f"{needed / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB of "
+                         f"memory of {device}; use a smaller {name}")
 
 
 def triton_interpreted() -> bool:

@@ -13,6 +13,16 @@ integer coordinates, x to the right, y down. For a map of size H x W and keypoin
     loss[b] = sum_{visible (v, j)} sum_{y, x} f / (n_visible[b] * H * W),   0 if none is visible
 
 Reduction "mean" averages loss[b] over the batch, "sum" adds it, "none" returns it (B,).
+
+One pass when the logits need a gradient (the default then, cpu and triton backends): the kernel
+reads each logit once and writes the loss sums with weight * df/dz (bce: sigmoid(z) - t from the
+exp(-|z|) the loss uses), which is kept; the backward only scales it in place by the upstream
+gradient, per map (nothing to do when that is 1, as after loss.backward() of "mean" or "sum",
+whose 1/B is folded into the weights), so no memory beyond the gradient itself is used. The kept
+gradient is in the logits' dtype: for float16/bfloat16 with an upstream gradient other than 1 it
+is rounded twice (kept, then scaled). Without a logits gradient the loss-only kernel runs, and
+the backward (keypoints only, or a second backward through a retained graph) reads the logits
+again.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from torch import Tensor
 
 from drpose import _extension
 from drpose.ops._dispatch import (
+    check_output_size,
     check_same_device,
+    check_size,
     check_tensor,
     resolve_backend,
 )
@@ -38,8 +50,9 @@ def render_heatmaps(keypoints: Tensor, visible: Tensor | None = None, *,
 
     Args:
         keypoints: (..., 2) float, (x, y) in pixel units of the heatmap (pixel centres at integers).
-        visible: (...) bool or None; maps of invisible keypoints are all zero.
-        size: (H, W) of the heatmaps.
+        visible: (...) = keypoints.shape[:-1] bool, or None for all visible; maps of invisible
+            keypoints are all zero.
+        size: (H, W) of the heatmaps, positive ints; the output must fit in the device's memory.
         sigma: Gaussian standard deviation in pixels, > 0.
 
     Returns:
@@ -50,7 +63,19 @@ def render_heatmaps(keypoints: Tensor, visible: Tensor | None = None, *,
         raise ValueError("render_heatmaps(): keypoints must have shape (..., 2), got "
                          f"{tuple(keypoints.shape)}")
     _check_sigma("render_heatmaps", sigma)
-    height, width = size
+    height, width = check_size("render_heatmaps", "size", size)
+    if visible is not None:
+        check_tensor("render_heatmaps", "visible", visible)
+        if visible.dtype != torch.bool:
+            raise TypeError(f"render_heatmaps(): visible must be a bool tensor, got "
+                            f"{visible.dtype}")
+        if visible.shape != keypoints.shape[:-1]:
+            raise ValueError(f"render_heatmaps(): visible must have keypoints' shape without its "
+                             f"last dimension, {tuple(keypoints.shape[:-1])}, got "
+                             f"{tuple(visible.shape)}")
+        check_same_device("render_heatmaps", keypoints=keypoints, visible=visible)
+    check_output_size("render_heatmaps", "size", size, (*keypoints.shape[:-1], height, width),
+                      keypoints.dtype, keypoints.device)
     xs = torch.arange(width, dtype=keypoints.dtype, device=keypoints.device)
     ys = torch.arange(height, dtype=keypoints.dtype, device=keypoints.device)
     gx = torch.exp(-(xs - keypoints[..., 0:1]) ** 2 / (2 * sigma**2))  # (..., W)
@@ -118,18 +143,25 @@ def pose_heatmap_loss(logits: Tensor, keypoints: Tensor, visible: Tensor | None 
         visible = torch.ones(batch, views, joints, dtype=torch.bool, device=device)
     vis = visible.to(acc)
     n_visible = vis.sum(dim=(1, 2), keepdim=True)
-    weight = vis / (n_visible.clamp(min=1) * height * width)  # (B, V, J)
-    per_map = _map_loss(
-        logits.reshape(-1, height, width).contiguous(),
-        keypoints.to(acc).reshape(-1, 2).contiguous(),
-        weight.reshape(-1).contiguous(),
-        float(sigma), loss, backend,
-    )
+    # "mean" is folded into the weights (then summed), so that a plain loss.backward() hands the
+    # one-pass gradient an upstream gradient of exactly 1 and it needs no rescaling.
+    per_sample_count = batch if reduction == "mean" and batch else 1
+    weight = vis / (n_visible.clamp(min=1) * (height * width * per_sample_count))  # (B, V, J)
+    args = (logits.reshape(-1, height, width).contiguous(),
+            keypoints.to(acc).reshape(-1, 2).contiguous(), weight.reshape(-1).contiguous(),
+            float(sigma), loss, backend)
+    if torch.is_grad_enabled() and logits.requires_grad and backend in ONE_PASS_BACKENDS:
+        per_map, _, _ = _map_loss_one_pass(*args, keypoints.requires_grad)
+    else:
+        per_map = _map_loss(*args)
     per_sample = per_map.reshape(batch, views * joints).sum(dim=1)
-    return _reduce(per_sample, reduction)
+    return per_sample.sum() if reduction == "mean" else _reduce(per_sample, reduction)
 
 
-# ---- the op library entries: drpose::pose_heatmap_map_loss and its backward ------------------
+# ---- the op library entries --------------------------------------------------------------------
+# drpose::pose_heatmap_map_loss (the loss only; its backward reads the logits again) and
+# drpose::pose_heatmap_map_loss_one_pass (the loss and its gradient from one read of the logits,
+# the gradient kept for the backward, which only scales it by the upstream gradient).
 
 
 @torch.library.custom_op("drpose::pose_heatmap_map_loss", mutates_args=())
@@ -185,6 +217,68 @@ def _backward(ctx, grad):
 
 
 _map_loss.register_autograd(_backward, setup_context=_setup_context)
+
+ONE_PASS_BACKENDS = ("cpu", "triton")
+
+
+@torch.library.custom_op("drpose::pose_heatmap_map_loss_one_pass", mutates_args=())
+def _map_loss_one_pass(logits: Tensor, keypoints: Tensor, weight: Tensor, sigma: float,
+                       loss: str, backend: str,
+                       keypoints_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(out (M,) as ``drpose::pose_heatmap_map_loss``, weight * df/dz (M, H, W) in the logits'
+    dtype, weight * df/dk (M, 2), or (0, 2) unless ``keypoints_grad``) from one read."""
+    if backend == "cpu":
+        return _extension.require().pose_heatmap_loss_forward_grad_cpu(
+            logits, keypoints, weight, sigma, LOSSES.index(loss), keypoints_grad)
+    from drpose_kernels import pose_heatmap_loss as kernels
+
+    return kernels.map_loss_forward_grad(logits, keypoints, weight, sigma, loss, keypoints_grad)
+
+
+@_map_loss_one_pass.register_fake
+def _(logits, keypoints, weight, sigma, loss, backend, keypoints_grad):
+    rows = keypoints.shape[0] if keypoints_grad else 0
+    return torch.empty_like(weight), torch.empty_like(logits), keypoints.new_empty((rows, 2))
+
+
+@torch.library.custom_op("drpose::pose_heatmap_scale_maps_", mutates_args=("maps",))
+def _scale_maps_(maps: Tensor, scale: Tensor) -> None:
+    """maps[m] *= scale[m] in place (maps (M, H, W), scale (M,)); nothing to do when all are 1."""
+    if not bool((scale == 1).all()):
+        maps.mul_(scale.reshape(-1, 1, 1))
+
+
+@_scale_maps_.register_fake
+def _(maps, scale):
+    return None
+
+
+def _setup_one_pass_context(ctx, inputs, output):
+    logits, keypoints, weight, sigma, loss, backend, _ = inputs
+    _, grad_logits, grad_keypoints = output
+    ctx.mark_non_differentiable(grad_logits, grad_keypoints)
+    # The kept gradient is an attribute, not a saved tensor: the first backward scales it in place
+    # and drops the reference, so the gradient handed on is that very tensor (no copy). The inputs
+    # are saved for a second backward (retain_graph=True), which recomputes.
+    ctx.kept = (grad_logits, grad_keypoints)
+    ctx.save_for_backward(logits, keypoints, weight)
+    ctx.options = (sigma, loss, backend)
+
+
+def _one_pass_backward(ctx, grad, _grad_logits, _grad_keypoints):
+    keypoints_grad = ctx.needs_input_grad[1]
+    if ctx.kept is None:  # a second backward through a retained graph
+        logits, keypoints, weight = ctx.saved_tensors
+        grad_logits, grad_keypoints = _map_loss_backward(grad, logits, keypoints, weight,
+                                                         *ctx.options, keypoints_grad)
+    else:
+        (grad_logits, grad_keypoints), ctx.kept = ctx.kept, None
+        _scale_maps_(grad_logits, grad)
+        grad_keypoints = grad_keypoints * grad[:, None] if keypoints_grad else None
+    return grad_logits, grad_keypoints, None, None, None, None, None
+
+
+_map_loss_one_pass.register_autograd(_one_pass_backward, setup_context=_setup_one_pass_context)
 
 
 # ---- checks ------------------------------------------------------------------------------------

@@ -48,7 +48,12 @@ import torch
 from torch import Tensor
 
 from drpose import _extension
-from drpose.ops._dispatch import check_same_device, check_tensor
+from drpose.ops._dispatch import (
+    check_output_size,
+    check_same_device,
+    check_size,
+    check_tensor,
+)
 
 RASTERIZE_BACKENDS = ("auto", "torch", "cpu", "nvdiffrast")
 INTERPOLATE_BACKENDS = ("auto", "torch", "nvdiffrast")
@@ -340,9 +345,9 @@ def _check_rasterize_inputs(pos: Tensor, tri: Tensor, resolution: tuple[int, int
     if pos.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"rasterize(): pos must be float32 or float64, got {pos.dtype}")
     _check_tri("rasterize", tri)
-    if (len(resolution) != 2 or not all(isinstance(r, int) and r > 0 for r in resolution)):
-        raise ValueError(f"rasterize(): resolution must be (H, W) positive ints, got "
-                         f"{resolution!r}")
+    height, width = check_size("rasterize", "resolution", resolution)
+    check_output_size("rasterize", "resolution", resolution, (pos.shape[0], height, width, 4),
+                      pos.dtype, pos.device)
 
 
 def _check_tri(op: str, tri: Tensor) -> None:
