@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from drpose import _extension
+from drpose._memory import peak_memory_bytes
 from drpose.ops import pose_heatmap_loss, pose_heatmap_loss_reference, render_heatmaps
 from drpose.ops._dispatch import resolve_backend
 
@@ -184,6 +185,20 @@ def test_one_pass_backward_scales_the_kept_gradient(monkeypatch, backend, reduct
     if reduction == "none":
         torch.testing.assert_close(logits.grad, expected[1], rtol=2e-5, atol=1e-9)
         torch.testing.assert_close(keypoints.grad, expected[2], rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("upstream", [1.0, 0.3])
+def test_one_pass_allocates_only_the_gradient(backend, upstream):
+    """Peak tensor memory of forward + backward: the logits' gradient and a few (M,) vectors."""
+    logits, keypoints, visible = make_inputs((2, 3, 4, 40, 41), torch.float32, seed=14)
+    logits.requires_grad_()
+
+    def step():
+        (pose_heatmap_loss(logits, keypoints, visible, backend=backend) * upstream).backward()
+
+    peak = peak_memory_bytes(step)
+    assert logits.nbytes <= peak < logits.nbytes + 4096, (peak, logits.nbytes)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

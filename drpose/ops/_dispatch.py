@@ -8,6 +8,7 @@ falls back to torch (with one warning) when the needed piece is missing.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -59,15 +60,22 @@ def check_size(op: str, name: str, size: object) -> tuple[int, int]:
     return height, width
 
 
+@torch.compiler.assume_constant_result
+@functools.cache
+def _ram_bytes() -> int:
+    """The machine's RAM (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def device_memory_bytes(device: torch.device) -> int | None:
     """Total memory of ``device`` (RAM for the CPU), or None where unknown (meta tensors)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None
+        return _ram_bytes() or None
     return None
 
 

@@ -257,6 +257,7 @@ def _setup_one_pass_context(ctx, inputs, output):
     logits, keypoints, weight, sigma, loss, backend, _ = inputs
     _, grad_logits, grad_keypoints = output
     ctx.mark_non_differentiable(grad_logits, grad_keypoints)
+    ctx.set_materialize_grads(False)  # no (M, H, W) zeros for the gradients' own "gradient"
     # The kept gradient is an attribute, not a saved tensor: the first backward scales it in place
     # and drops the reference, so the gradient handed on is that very tensor (no copy). The inputs
     # are saved for a second backward (retain_graph=True), which recomputes.
@@ -266,6 +267,8 @@ def _setup_one_pass_context(ctx, inputs, output):
 
 
 def _one_pass_backward(ctx, grad, _grad_logits, _grad_keypoints):
+    if grad is None:  # the sums were not used
+        return None, None, None, None, None, None, None
     keypoints_grad = ctx.needs_input_grad[1]
     if ctx.kept is None:  # a second backward through a retained graph
         logits, keypoints, weight = ctx.saved_tensors
