@@ -39,6 +39,7 @@ DEPENDENCIES = [
     "trimesh>=4.0",
     "rtree>=1.0",
     "scipy>=1.10",
+    "threadpoolctl>=3.1",  # the stand-in SMPL-X file: one BLAS thread, the same bytes everywhere
     "pillow>=10.0",
     "tqdm>=4.60",
     "matplotlib>=3.7",

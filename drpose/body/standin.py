@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from drpose._cli import UsageError, command
 from drpose.body import _standin_mesh, _standin_rig, _standin_shape
@@ -138,7 +139,16 @@ def _place_vertex_joints(verts: np.ndarray, faces: np.ndarray, joints: np.ndarra
 
 
 def build_standin() -> dict[str, np.ndarray]:
-    """All arrays of the stand-in SMPLX_NEUTRAL.npz (keys and shapes as in the real file)."""
+    """All arrays of the stand-in SMPLX_NEUTRAL.npz (keys and shapes as in the real file).
+
+    BLAS runs on one thread: OpenBLAS's results depend on its thread count (the blend shapes'
+    orthonormalisation differed by one float32 ulp between 1 and 2 threads), and the file must
+    be the same bytes in every process (its hash names the cache folder)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _build_standin()
+
+
+def _build_standin() -> dict[str, np.ndarray]:
     joints = rest_joints()
     primitives = body_primitives(joints)
     verts, faces = mesh_primitives(primitives, NUM_FACES)
