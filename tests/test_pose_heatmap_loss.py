@@ -267,6 +267,17 @@ def test_torch_compile_traces_the_op():
     torch.testing.assert_close(z1.grad, z2.grad)
 
 
+def test_checks_trace_without_graph_break():
+    """The size and visibility checks of render_heatmaps (and so of the reference) compile."""
+    logits, keypoints, visible = make_inputs((1, 2, 3, 8, 9), torch.float32)
+    compiled = torch.compile(pose_heatmap_loss_reference, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(logits, keypoints, visible),
+                               pose_heatmap_loss_reference(logits, keypoints, visible))
+    maps = torch.compile(render_heatmaps, fullgraph=True, backend="eager")
+    torch.testing.assert_close(maps(keypoints, visible, size=(8, 9)),
+                               render_heatmaps(keypoints, visible, size=(8, 9)))
+
+
 def test_opcheck():
     logits, keypoints, _ = make_inputs((1, 2, 2, 6, 7), torch.float32)
     weight = torch.full((4,), 1 / 42)

@@ -8,7 +8,6 @@ falls back to torch (with one warning) when the needed piece is missing.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import os
@@ -60,8 +59,6 @@ def check_size(op: str, name: str, size: object) -> tuple[int, int]:
     return height, width
 
 
-@torch.compiler.assume_constant_result
-@functools.cache
 def _ram_bytes() -> int:
     """The machine's RAM (0 where the OS does not say)."""
     try:
@@ -70,12 +67,15 @@ def _ram_bytes() -> int:
         return 0
 
 
+RAM_BYTES = _ram_bytes()  # read once: a constant that torch.compile traces through
+
+
 def device_memory_bytes(device: torch.device) -> int | None:
     """Total memory of ``device`` (RAM for the CPU), or None where unknown (meta tensors)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     if device.type == "cpu":
-        return _ram_bytes() or None
+        return RAM_BYTES or None
     return None
 
 
