@@ -14,6 +14,14 @@ import pytest
 import torch
 
 from drpose.ops import row_attention, row_attention_reference
+from drpose_kernels.row_attention import (
+    Tile,
+    Tiles,
+    all_tiles,
+    choose_tiles,
+    row_attention_backward,
+    row_attention_forward,
+)
 
 
 @dataclass(frozen=True)
@@ -180,31 +188,63 @@ def test_empty_inputs(backend, qkv_shape):
     assert q.grad.shape == qkv_shape
 
 
-@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)])
-def test_triton_many_blocks(blocks):
-    """Several query and key blocks per sequence, the last ones partly masked."""
-    from drpose_kernels.row_attention import row_attention_backward, row_attention_forward
-
-    shape = ODD
+def _check_tiles(shape: Shape, tiles) -> None:
+    """Forward (with lse2) and backward of the Triton kernels at the given tile configuration."""
     q, k, v = random_qkv(shape, torch.float32)
     grad_out = random_qkv(shape, torch.float32, seed=1)[0]
     opts = dict(views=shape.views, height=shape.height, scale=0.3)
-    block_m, block_n = blocks
-    out, lse2 = row_attention_forward(q, k, v, **opts, block_m=block_m, block_n=block_n)
-    grads = row_attention_backward(grad_out, q, k, v, out, lse2, **opts, block_m=block_m,
-                                   block_n=block_n)
+    out, lse2 = row_attention_forward(q, k, v, **opts, tiles=tiles)
+    grads = row_attention_backward(grad_out, q, k, v, out, lse2, **opts, tiles=tiles)
     exact = forward_and_grads(lambda *t: row_attention_reference(*t, **opts), q.double(),
                               k.double(), v.double(), grad_out.double())
     baseline = forward_and_grads(lambda *t: row_attention_reference(*t, **opts), q, k, v,
                                  grad_out)
     assert_within_torch_error([out, *grads], baseline, exact)
+    b, v_, h, w, n, d = (shape.batch, shape.views, shape.height, shape.width, shape.heads,
+                         shape.head_dim)
     scores = torch.einsum("rnid,rnjd->rnij", *(
-        t.double().reshape(1, 6, 2, 5, 7, 16).permute(0, 3, 2, 1, 4, 5).reshape(5, 2, 42, 16)
+        t.double().reshape(b, v_, n, h, w, d).permute(0, 3, 2, 1, 4, 5).reshape(b * h, n, v_ * w, d)
         for t in (q, k)))
-    exact_lse = torch.logsumexp(scores * 0.3, dim=-1).reshape(1, 5, 2, 6, 7)
+    exact_lse = torch.logsumexp(scores * 0.3, dim=-1).reshape(b, h, n, v_, w)
     torch.testing.assert_close(  # float32 tolerances: lse2 is a float32 result
         (lse2.double() * math.log(2)).float(),
         exact_lse.permute(0, 3, 2, 1, 4).reshape(lse2.shape).float())
+
+
+@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)])
+def test_triton_many_blocks(blocks):
+    """Several query and key blocks per sequence, the last ones partly masked."""
+    tile = Tile(*blocks, num_warps=4, num_stages=1)
+    _check_tiles(ODD, Tiles(tile, tile, tile))
+
+
+# 6 views x 25 tokens: 150 tokens, more than two tiles of 64 and one of 128, with masked tails.
+LONG_ROW = Shape(batch=1, views=6, height=1, width=25, heads=2, head_dim=16)
+
+
+@pytest.mark.parametrize("tile", sorted({(t.block_m, t.block_n) for t in all_tiles()}), ids=str)
+def test_every_chosen_tile_matches_reference(tile):
+    """Every (BLOCK_M, BLOCK_N) that choose_tiles can pick for any arch, dtype and head dim, run
+    by all three kernels (fp32 values: the interpreter ignores warps and stages)."""
+    chosen = Tile(*tile, num_warps=4, num_stages=1)
+    _check_tiles(LONG_ROW, Tiles(chosen, chosen, chosen))
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+def test_launch_config_follows_the_arch(arch, monkeypatch):
+    """Under the interpreter the launcher configures for DRPOSE_TRITON_ARCH; each arch's own
+    choice runs through the public op and matches the reference."""
+    monkeypatch.setenv("DRPOSE_TRITON_ARCH", str(arch))
+    _check_against_float64(LONG_ROW, torch.float32, "triton")
+
+
+def test_tiles_depend_on_arch_and_dtype():
+    half_80 = choose_tiles(80, torch.float16, 128)
+    half_86 = choose_tiles(86, torch.float16, 128)
+    assert half_86.dkdv.num_stages < half_80.dkdv.num_stages  # 99 KB of shared memory on sm_86
+    fp32 = choose_tiles(80, torch.float32, 128)
+    assert fp32.forward.block_m * fp32.forward.block_n < half_80.forward.block_m * \
+        half_80.forward.block_n
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])

@@ -146,9 +146,10 @@ def recording(sink: list[Launch], label: dict) -> Iterator[None]:
     """Record every interpreted Triton launch into ``sink``, tagged with ``label`` (a dict with
     arch, op, dtype, case, which the caller may update between launches).
 
-    A launch identical to one already run (same kernel, argument values and constexprs, as when
-    two archs get the same configuration) is recorded but not run again: no launch's arguments
-    depend on the values an earlier launch computed, only on shapes and dtypes.
+    A launch that differs from one already run at most in ``num_warps``/``num_stages`` (which
+    the interpreter ignores), as when two archs get the same tiles, is recorded but not run
+    again: no launch's arguments depend on the values an earlier launch computed, only on shapes
+    and dtypes.
     """
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -161,7 +162,8 @@ def recording(sink: list[Launch], label: dict) -> Iterator[None]:
                         args=[_encode(a) for a in args],
                         kwargs={k: _encode(v) for k, v in kwargs.items()})
         sink.append(launch)
-        signature = json.dumps([launch.module, launch.name, launch.args, launch.kwargs, grid],
+        values = {k: v for k, v in launch.kwargs.items() if k not in ("num_warps", "num_stages")}
+        signature = json.dumps([launch.module, launch.name, launch.args, values, grid],
                                sort_keys=True, default=str)
         if signature in seen:
             return None
@@ -219,7 +221,7 @@ CASES: dict[str, Callable[[], Iterator[tuple[str, str, Callable[[], None]]]]] = 
 }
 
 
-def capture(archs: tuple[int, ...] = ARCHS) -> list[Launch]:
+def capture(archs: tuple[int, ...] = ARCHS, ops: tuple[str, ...] = tuple(CASES)) -> list[Launch]:
     """Run every case of :data:`CASES` for every arch under the interpreter; return the launches.
 
     Needs ``TRITON_INTERPRET=1`` set before triton was imported (see :func:`capture_in_child`).
@@ -229,20 +231,20 @@ def capture(archs: tuple[int, ...] = ARCHS) -> list[Launch]:
     with recording(launches, label):
         for arch in archs:
             os.environ[ARCH_ENV] = str(arch)
-            for op, cases in CASES.items():
-                for dtype, case, run in cases():
+            for op in ops:
+                for dtype, case, run in CASES[op]():
                     label.update(arch=arch, op=op, dtype=dtype, case=case)
                     run()
     return launches
 
 
-def capture_in_child(archs: tuple[int, ...]) -> list[Launch]:
+def capture_in_child(archs: tuple[int, ...], ops: tuple[str, ...]) -> list[Launch]:
     """:func:`capture` in a child process (the interpreter must be on before triton imports)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "launches.json"
         env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
         subprocess.run([sys.executable, "-m", "drpose.ops.gpu_check", "--capture-to", str(out),
-                        "--arch", *map(str, archs)], env=env, check=True)
+                        "--arch", *map(str, archs), "--op", *ops], env=env, check=True)
         return [Launch(**item) for item in json.loads(out.read_text())]
 
 
@@ -380,18 +382,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drpose.ops.gpu_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--op", nargs="+", default=list(CASES), choices=list(CASES),
+                        help="the ops to check (default all)")
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--capture-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.capture_to:
-        launches = capture(tuple(args.arch))
+        launches = capture(tuple(args.arch), tuple(args.op))
         args.capture_to.write_text(json.dumps([asdict(launch) for launch in launches]))
         return 0
     os.environ.setdefault("TRITON_CACHE_DIR", str((CACHE_DIR / "triton").resolve()))
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated
     start = time.perf_counter()
-    launches = capture_in_child(tuple(args.arch))
+    launches = capture_in_child(tuple(args.arch), tuple(args.op))
     captured = time.perf_counter()
     rows = compile_all(launches, args.jobs)
     done = time.perf_counter()
