@@ -49,8 +49,9 @@ EXPERIMENT_DIR ?= runs/experiment
 experiment: $(STAMP) system-deps
 	$(BIN)/python -m drpose.eval experiment --out $(EXPERIMENT_DIR)
 
-## make test: lint, the whole test suite, and (when csrc/ has CUDA sources) their compile check
-test: $(STAMP) system-deps $(if $(CUDA_SOURCES),cuda-check)
+## make test: lint, the whole test suite, the Triton compile gate (gpu-check) and (when csrc/ has
+## CUDA sources) their compile check
+test: $(STAMP) system-deps gpu-check $(if $(CUDA_SOURCES),cuda-check)
 	$(BIN)/ruff check .
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
