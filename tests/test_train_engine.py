@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from drpose._cli import UsageError
 from drpose.train import engine
 from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
 from drpose.train.rollout import plan_rollout
 
 
-def toy_run(tmp_path, steps, *, stop_after=None, resume=False, nan_at=None):
+def toy_run(tmp_path, steps, *, stop_after=None, resume=False, nan_at=None, **options):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-    config = TrainConfig(name="toy", runs_dir=str(tmp_path), steps=steps, lr=1e-2,
-                         checkpoint_every=2, log_every=1, progress=False, grad_accum=2)
+    config = TrainConfig(**{"name": "toy", "runs_dir": str(tmp_path), "steps": steps, "lr": 1e-2,
+                            "checkpoint_every": 2, "log_every": 1, "progress": False,
+                            "grad_accum": 2, **options})
     trainer = Trainer(config, model)
-    if resume:
-        assert trainer.resume()
+    assert trainer.begin(resume) == resume
 
     def step(index):
         gen = step_generator(config.seed, index)
@@ -102,3 +104,96 @@ def test_rollout_plan(seed):
 def test_rollout_plan_rejects_impossible():
     with pytest.raises(ValueError, match="trained_steps"):
         plan_rollout(5, 3, 4, torch.Generator())
+
+
+def checkpoints(tmp_path):
+    root = tmp_path / "toy" / engine.CHECKPOINTS
+    return sorted(p.name for p in root.iterdir() if p.is_dir()), (root / engine.LATEST).read_text()
+
+
+def test_pruning_orders_by_step_number_and_keeps_latest(tmp_path):
+    # a folder named with fewer digits sorts after step_0000005 by name, not by step number
+    toy_run(tmp_path, 4, checkpoint_every=1, keep_checkpoints=2)
+    root = tmp_path / "toy" / engine.CHECKPOINTS
+    (root / "step_0000004").rename(root / "step_4")
+    (root / engine.LATEST).write_text("step_4")
+    toy_run(tmp_path, 6, checkpoint_every=1, keep_checkpoints=2, resume=True)
+    names, latest = checkpoints(tmp_path)
+    assert names == ["step_0000005", "step_0000006"] and latest == "step_0000006"
+
+
+@pytest.mark.parametrize("field", ["keep_checkpoints", "checkpoint_every", "log_every",
+                                   "grad_accum", "steps"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_counts_below_one_are_refused(tmp_path, field, value):
+    with pytest.raises(UsageError, match=rf"--train\.{field} must be an integer >= 1"):
+        TrainConfig(**{field: value})
+
+
+def test_fresh_run_over_a_run_is_refused_and_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(UsageError, match="no checkpoint to continue"):
+        toy_run(tmp_path, 2, resume=True)
+    toy_run(tmp_path, 2)
+    before = (tmp_path / "toy/log.jsonl").read_text()
+    with pytest.raises(UsageError, match=r"already holds a run.*--resume.*--train.name.*delete"):
+        toy_run(tmp_path, 2)
+    assert (tmp_path / "toy/log.jsonl").read_text() == before
+    assert checkpoints(tmp_path) == (["step_0000002"], "step_0000002")
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    model = nn.Linear(2, 1)
+    config = TrainConfig(name="toy", runs_dir=str(tmp_path), progress=False)
+    first = Trainer(config, model)
+    first.begin(False)
+    with pytest.raises(UsageError, match=rf"{tmp_path / 'toy'} is in use by another run"):
+        Trainer(config, model).begin(False)
+    first.close()
+    second = Trainer(config, model)
+    assert second.begin(False) is False  # released by close
+    second.close()
+
+
+def damage_truncate(folder, name):
+    path = folder / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def damage_empty(folder, name):
+    (folder / name).write_text("")
+
+
+@pytest.mark.parametrize(("name", "damage"), [("trainable.safetensors", damage_truncate),
+                                              ("optimizer.pt", damage_truncate),
+                                              ("state.json", damage_empty)])
+def test_damaged_latest_falls_back_to_the_previous(tmp_path, name, damage):
+    toy_run(tmp_path, 4)  # checkpoints at steps 2 and 4
+    root = tmp_path / "toy" / engine.CHECKPOINTS
+    damage(root / "step_0000004", name)
+    with pytest.warns(UserWarning, match=rf"step_0000004/{name}"):
+        _, trainer = toy_run(tmp_path, 4, resume=True, stop_after=0)
+    assert trainer.step == 2 and (root / engine.LATEST).read_text() == "step_0000002"
+    # the damaged one is set aside: the run goes on from step 2 and pruning keeps good ones
+    toy_run(tmp_path, 6, resume=True)
+    names, latest = checkpoints(tmp_path)
+    assert names == ["step_0000004", "step_0000004.damaged", "step_0000006"]
+    assert latest == "step_0000006" and (root / "step_0000004.damaged").is_dir()
+
+
+def test_latest_naming_a_missing_folder_falls_back(tmp_path):
+    toy_run(tmp_path, 4)
+    root = tmp_path / "toy" / engine.CHECKPOINTS
+    (root / engine.LATEST).write_text("step_0000009")
+    with pytest.warns(UserWarning, match="names step_0000009, which does not exist"):
+        _, trainer = toy_run(tmp_path, 4, resume=True)
+    assert trainer.step == 4
+
+
+def test_no_usable_checkpoint_names_the_files(tmp_path):
+    toy_run(tmp_path, 4, keep_checkpoints=1)
+    root = tmp_path / "toy" / engine.CHECKPOINTS
+    damage_truncate(root / "step_0000004", "trainable.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UsageError, match=r"no usable checkpoint.*step_0000004/trainable"):
+            toy_run(tmp_path, 6, resume=True)

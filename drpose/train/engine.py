@@ -13,16 +13,24 @@ the rest:
   state and the step, so ``resume=True`` continues exactly where the run stopped: data order and
   random draws are functions of (seed, step), never of how the run was split;
 * JSON-lines and TensorBoard logs, and a tqdm progress bar with the stage's metrics and step time.
+
+A stage starts with :meth:`Trainer.begin`: it locks the run folder (a second run on the same
+folder at once is refused), refuses to start afresh over a run that has checkpoints, and with
+``resume=True`` loads the newest usable checkpoint (a damaged one is skipped with a warning
+naming its file) or refuses when there is none.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import random
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +42,15 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from drpose._cli import UsageError
 from drpose._files import save_safetensors
 from drpose._progress import progress
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+LOCK = ".lock"
+STEP_FOLDER = re.compile(r"step_(\d+)")
+MIXED_PRECISION = ("no", "fp16", "bf16")
 PROGRESS_KEYS = ("loss", "reward", "kl", "step_time_s")
 
 
@@ -59,6 +71,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--train.{name} must be an integer >= 1, got {value!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UsageError(f"--train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}"
+                             f", got {self.mixed_precision!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise UsageError("--train.clip_grad_norm must be > 0 (or null in a config file), "
+                             f"got {self.clip_grad_norm!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -121,6 +145,41 @@ class Trainer:
         self.run_dir = config.run_dir
         self._log_file = None
         self._tensorboard = None
+        self._lock = None
+
+    # ---- starting a run --------------------------------------------------------------------
+
+    def begin(self, resume: bool) -> bool:
+        """Lock ``run_dir`` and start the run: continue its newest usable checkpoint when
+        ``resume`` (a :class:`UsageError` when it has none), else refuse a folder that already
+        holds checkpoints. True when resumed. :meth:`close` releases the lock."""
+        self._acquire_lock()
+        root = self.run_dir / CHECKPOINTS
+        if resume:
+            if not self.resume():
+                raise UsageError(f"--resume: {root} holds no checkpoint to continue; start "
+                                 "without --resume")
+            return True
+        if _step_folders(root) or (root / LATEST).exists():
+            raise UsageError(
+                f"{self.run_dir} already holds a run (checkpoints in {root}): continue it with "
+                "--resume, give this run another --train.name or --train.runs_dir, or delete "
+                "the folder")
+        return False
+
+    def _acquire_lock(self) -> None:
+        if not self.accelerator.is_main_process or self._lock is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.run_dir / LOCK, "a")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise UsageError(f"{self.run_dir} is in use by another run (locked: "
+                             f"{self.run_dir / LOCK}); wait for it to end or use another "
+                             "--train.name") from None
+        self._lock = lock
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -151,13 +210,49 @@ class Trainer:
         return final
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of ``run_dir`` if there is one; True when resumed."""
-        pointer = self.run_dir / CHECKPOINTS / LATEST
-        if not pointer.is_file():
+        """Load the newest usable checkpoint of ``run_dir``; False when it has none at all.
+
+        The one ``latest`` names is tried first, then the other kept ones, newest first; a
+        damaged one (a truncated or empty file, ``latest`` naming a missing folder) is skipped
+        with a warning naming the file, and renamed ``<name>.damaged`` so that pruning never
+        keeps it in place of a good one. A :class:`UsageError` naming the files when none is
+        usable."""
+        root = self.run_dir / CHECKPOINTS
+        pointer = root / LATEST
+        candidates = sorted(_step_folders(root), key=_step_number, reverse=True)
+        if pointer.is_file():
+            named = root / pointer.read_text().strip()
+            if named.is_dir():
+                candidates = [named] + [p for p in candidates if p != named]
+            else:
+                warnings.warn(f"{pointer} names {named.name}, which does not exist; trying the "
+                              "other kept checkpoints", stacklevel=2)
+        if not candidates:
+            if pointer.is_file():
+                raise UsageError(f"{pointer} names a missing checkpoint and {root} holds no "
+                                 "other: nothing to resume; delete the run folder or start "
+                                 "under another --train.name")
             return False
-        folder = pointer.parent / pointer.read_text().strip()
-        state = json.loads((folder / "state.json").read_text())
-        weights = load_file(folder / "trainable.safetensors")
+        problems = []
+        for folder in candidates:
+            try:
+                state, weights, optimizer_state, rng = _read_checkpoint(folder)
+            except _DamagedCheckpoint as damaged:
+                problems.append(str(damaged))
+                warnings.warn(f"skipping damaged checkpoint: {damaged}", stacklevel=2)
+                continue
+            self._load(folder, state, weights, optimizer_state, rng)
+            if problems and self.accelerator.is_main_process:
+                for bad in sorted(_step_folders(root), key=_step_number):
+                    if _step_number(bad) > self.step:
+                        os.replace(bad, bad.with_name(bad.name + ".damaged"))
+                _atomic_write_text(pointer, folder.name)
+            self.accelerator.wait_for_everyone()
+            return True
+        raise UsageError(f"no usable checkpoint in {root}: {'; '.join(problems)}")
+
+    def _load(self, folder: Path, state: dict, weights: dict[str, Tensor],
+              optimizer_state: dict, rng: dict[str, Tensor]) -> None:
         by_name = dict(self.model.named_parameters())
         missing = sorted(set(self.trainable_state()) - set(weights))
         if missing:
@@ -165,16 +260,16 @@ class Trainer:
         with torch.no_grad():
             for name, value in weights.items():
                 by_name[name].copy_(value)
-        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True,
-                                     map_location="cpu")
         self.optimizer.load_state_dict(optimizer_state)
-        _set_rng_state(load_file(folder / "rng.safetensors"))
+        _set_rng_state(rng)
         self.step = int(state["step"])
-        return True
 
     def _prune(self, root: Path) -> None:
-        folders = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in folders[: max(0, len(folders) - self.config.keep_checkpoints)]:
+        """Keep the checkpoint just written and the ``keep_checkpoints - 1`` newest before it,
+        ordered by step number (not by folder name)."""
+        older = sorted((p for p in _step_folders(root) if _step_number(p) < self.step),
+                       key=_step_number)
+        for old in older[: max(0, len(older) - (self.config.keep_checkpoints - 1))]:
             shutil.rmtree(old, ignore_errors=True)
 
     # ---- logging ---------------------------------------------------------------------------
@@ -196,6 +291,10 @@ class Trainer:
                     self._tensorboard.add_scalar(key, value, self.step)
 
     def close(self) -> None:
+        """Close the logs and release the run folder's lock."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its flock
+            self._lock = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -271,6 +370,45 @@ class Trainer:
         else:
             norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         return float(norm)
+
+
+class _DamagedCheckpoint(Exception):
+    """A checkpoint file that cannot be read; the message names it."""
+
+
+def _step_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
+
+
+def _step_number(folder: Path) -> int:
+    return int(STEP_FOLDER.fullmatch(folder.name).group(1))
+
+
+def _read_checkpoint(folder: Path) -> tuple[dict, dict[str, Tensor], dict, dict[str, Tensor]]:
+    """(state, trainable weights, optimizer state, RNG state) of one checkpoint folder, all read
+    before anything is loaded; :class:`_DamagedCheckpoint` naming the first unreadable file."""
+    readers: list[tuple[str, Callable[[Path], Any]]] = [
+        ("state.json", lambda path: json.loads(path.read_text())),
+        ("trainable.safetensors", load_file),
+        ("optimizer.pt", lambda path: torch.load(path, weights_only=True, map_location="cpu")),
+        ("rng.safetensors", load_file),
+    ]
+    values = []
+    for name, read in readers:
+        path = folder / name
+        try:
+            values.append(read(path))
+        # what a truncated or empty file raises depends on its reader (JSONDecodeError,
+        # SafetensorError, UnpicklingError, RuntimeError, EOFError, OSError): all mean damaged
+        except Exception as error:
+            raise _DamagedCheckpoint(f"{path} ({type(error).__name__}: "
+                                     f"{' '.join(str(error).split())[:120]})") from error
+    state = values[0]
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise _DamagedCheckpoint(f"{folder / 'state.json'} (no integer 'step')")
+    return values[0], values[1], values[2], values[3]
 
 
 def _rng_state() -> dict[str, Tensor]:

@@ -213,8 +213,7 @@ def run(config: PretrainConfig, *, resume: bool = False) -> Path:
     unet = pipe.unet.train().requires_grad_(True)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay) if config.ema_decay else None
     trainer = Trainer(config.train, unet)
-    if resume:
-        trainer.resume()
+    trainer.begin(resume)
     device = trainer.accelerator.device
     if device != pipe.device:  # only when needed: MultiViewPipeline.to passes device= to the
         # unCLIP normalizer, whose .to() takes torch_device= (reported to the pipeline owner)

@@ -337,7 +337,7 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     tuner = RewardTuner(config, pipe, reward)
     trainer = Trainer(config.train, pipe.unet, tuner.parameters)
     run_dir = config.train.run_dir
-    resumed = resume and trainer.resume()
+    resumed = trainer.begin(resume)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if resumed and metrics_path.is_file() else {}
     main = trainer.accelerator.is_main_process

@@ -169,8 +169,7 @@ def run(config: SkelConfig, *, resume: bool = False) -> Path:
     keypoints, visible = reward.targets(train.joints, size, train.normalization())
     net.train().requires_grad_(True)
     trainer = Trainer(config.train, net)
-    if resume:
-        trainer.resume()
+    trainer.begin(resume)
     device = trainer.accelerator.device
 
     def step(index: int) -> StepOutput:

@@ -93,8 +93,7 @@ def run(config: VAEConfig, *, resume: bool = False) -> Path:
     train_images = all_views(data.subset("train"))
     vae = tiny_vae(config, data.config.resolution)
     trainer = Trainer(config.train, vae)
-    if resume:
-        trainer.resume()
+    trainer.begin(resume)
 
     def step(index: int) -> StepOutput:
         generator = step_generator(config.train.seed, index)
