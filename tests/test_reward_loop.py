@@ -55,6 +55,22 @@ def test_lora_starts_at_the_base_model_and_only_adapters_train(tmp_path):
     assert all(p.grad is None for p in reward.parameters())
 
 
+def test_same_seed_same_adapters_other_seed_other_adapters(tmp_path):
+    calls = iter(range(100, 200))
+
+    def lora_a(seed):
+        config, pipe, reward, _ = tiny_setup(tmp_path)
+        config.train.seed = seed
+        torch.manual_seed(next(calls))  # the global generator differs before each construction
+        RewardTuner(config, pipe, reward)
+        return {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_A" in n}
+
+    first, again, other = lora_a(3), lora_a(3), lora_a(4)
+    assert first and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+
+
 def test_only_planned_steps_run_the_unet_with_a_graph(tmp_path, monkeypatch):
     config, pipe, reward, data = tiny_setup(tmp_path)
     tuner = RewardTuner(config, pipe, reward)

@@ -28,6 +28,7 @@ from accelerate import PartialState
 from peft import LoraConfig
 from torch import Tensor, nn
 
+from drpose._cli import UsageError
 from drpose._files import make_readable, save_safetensors
 from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
@@ -41,7 +42,7 @@ from drpose.render.draw import draw_skeletons
 from drpose.reward import PoseScore, latents_from_rows
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
+from drpose.train.engine import StepOutput, TrainConfig, Trainer, seed_everything, step_generator
 from drpose.train.rollout import ModelStep, plan_rollout, rollout, sample
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -79,7 +80,26 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         if self.finetune not in ("lora", "full"):
-            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+            raise UsageError(f"--finetune must be 'lora' or 'full', got {self.finetune!r}")
+        for name in ("num_steps", "trained_steps", "lora_rank", "batch_size", "image_every",
+                     "eval_samples", "held_out"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name} must be an integer >= 1, got {value!r}")
+
+    def check_inputs(self) -> None:
+        """A :class:`UsageError` naming the flag when a given ``--pipeline``, ``--skel``,
+        ``--data`` folder is missing or empty (checked before any work)."""
+        for flag, folder in (("--pipeline", self.pipeline), ("--skel", self.skel),
+                             ("--data", self.data)):
+            if folder is None:
+                continue
+            path = Path(folder)
+            if not path.is_dir():
+                raise UsageError(f"{flag} {folder}: no such folder (leave {flag} out for the "
+                                 "embedded default)")
+            if not any(path.iterdir()):
+                raise UsageError(f"{flag} {folder}: the folder is empty")
 
 
 @dataclass
@@ -117,6 +137,10 @@ class RewardTuner:
         for module in (pipe.vae, pipe.image_encoder):
             module.requires_grad_(False)
         self.frozen_unet: nn.Module | None = None
+        # peft draws the adapters' initial values (lora_A) from the global generator: seeded
+        # from --train.seed, two runs with one seed start from the same adapters, and under
+        # torchrun every rank does (same seed on every rank), so no broadcast is needed
+        seed_everything(config.train.seed)
         if config.finetune == "lora":
             unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
                                         init_lora_weights="gaussian",
@@ -376,6 +400,7 @@ Config = RewardConfig
 
 def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     """Load (or build and cache, for the defaults) the pipeline, g_skel and data; fine-tune."""
+    config.check_inputs()
     cache = Path(config.cache_dir) if config.cache_dir else default_chain_dir()
     started = time.perf_counter()
     pipeline_dir = config.pipeline or pretrain.ensure_default(cache)
