@@ -45,3 +45,66 @@ def test_unknown_stage_and_help(capsys):
         main(["reward", "--help"])
     assert done.value.code == 0
     assert "--train.steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--train.checkpoint_every", "0"], "--train.checkpoint_every must be an integer >= 1, got 0"),
+    (["--train.log_every", "0"], "--train.log_every must be an integer >= 1"),
+    (["--train.grad_accum", "0"], "--train.grad_accum must be an integer >= 1"),
+    (["--train.steps", "-3"], "--train.steps must be an integer >= 1, got -3"),
+    (["--train.keep_checkpoints", "0"], "--train.keep_checkpoints must be an integer >= 1"),
+    (["--eval_samples", "0"], "--eval_samples must be an integer >= 1, got 0"),
+    (["--batch_size", "0"], "--batch_size must be an integer >= 1, got 0"),
+    (["--finetune", "half"], "--finetune must be 'lora' or 'full', got 'half'"),
+    (["--pipeline", "no/such/pipe"], "--pipeline no/such/pipe: no such folder"),
+    (["--skel", "no/such/skel"], "--skel no/such/skel: no such folder"),
+    (["--data", "no/such/data"], "--data no/such/data: no such folder"),
+    (["--config", "no/such.json"], "--config no/such.json: no such file"),
+])
+def test_bad_values_are_one_line_errors_before_any_work(argv, message, tmp_path, capsys,
+                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reward", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and message in err
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
+
+
+def test_empty_input_folder_and_debug_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(["reward", "--data", "empty"]) == 2
+    assert "--data empty: the folder is empty" in capsys.readouterr().err
+    with pytest.raises(Exception, match="the folder is empty"):
+        main(["reward", "--data", "empty", "--debug"])
+
+
+@pytest.mark.parametrize(("values", "key"), [({"train": {"steps": "abc"}}, "train.steps"),
+                                             ({"kl_weight": "x"}, "kl_weight"),
+                                             ({"train": 3}, "train"),
+                                             ({"lora_targets": [1, 2]}, "lora_targets"),
+                                             ({"pipeline": 5}, "pipeline")])
+def test_config_file_values_are_type_checked(tmp_path, capsys, monkeypatch, values, key):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(values))
+    assert main(["reward", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"config value {key}" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
+
+
+def test_config_file_types_that_fit_are_taken(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"kl_weight": 1, "pipeline": None, "lora_targets": ["to_q"]}))
+    config = parse(RewardConfig, [], path)
+    assert config.kl_weight == 1.0 and isinstance(config.kl_weight, float)
+    assert config.lora_targets == ("to_q",) and config.pipeline is None
+
+
+def test_help_shows_the_stage_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["reward", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--train.lr TRAIN.LR (default: 0.01)" in text  # the reward stage's, not TrainConfig's
+    assert "--train.name TRAIN.NAME (default: drpose)" in text

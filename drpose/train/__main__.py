@@ -11,8 +11,10 @@ Stages (each a module with a ``Config`` dataclass and ``run(config, resume=...)`
 
 Every config field is a flag (nested ones dotted: ``--train.steps 200``); ``--config`` reads a
 JSON file of the same shape first. Real work: point ``--pipeline`` at a local PSHuman-format
-pipeline folder, ``--skel`` at a trained g_skel, ``--data`` at a DrPose15K folder and
-``--smplx_dir`` at the licensed SMPL-X files.
+pipeline folder, ``--skel`` at a trained g_skel and ``--data`` at a DrPose15K folder.
+
+A mistake (a bad value, a missing file, a run folder that already holds a run) ends the command
+with one line ``error: ...`` before any work; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 
-from drpose._cli import apply_openmp_wait_policy
+from drpose._cli import apply_openmp_wait_policy, command
 
 if __name__ == "__main__":  # decided before torch loads OpenMP; a policy the user set is kept
     apply_openmp_wait_policy()
@@ -36,8 +39,9 @@ STAGES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(argv or [])
     stage = argv.pop(0) if argv and not argv[0].startswith("-") else "reward"
     if stage not in STAGES:
         print(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}", file=sys.stderr)

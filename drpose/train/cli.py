@@ -11,36 +11,43 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drpose._cli import UsageError
+
 T = TypeVar("T")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--prefix.field`` option per field of dataclass ``cls`` (recursively)."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                  defaults: Any = None) -> None:
+    """Add one ``--prefix.field`` option per field of dataclass ``cls`` (recursively); the help
+    shows the values of ``defaults`` (``cls()`` when None), so a stage's nested ``train``
+    options show that stage's defaults, not :class:`TrainConfig`'s."""
     hints = typing.get_type_hints(cls)
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         name = f"{prefix}{f.name}"
+        default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(kind):
-            add_arguments(parser, kind, f"{name}.")
+            add_arguments(parser, kind, f"{name}.", default)
             continue
         base = _base_type(kind)
         if typing.get_origin(base) is tuple:  # tuple[int, ...] / tuple[int, int]: one or more
             element = typing.get_args(base)[0]
             parser.add_argument(f"--{name}", type=element, nargs="+", default=argparse.SUPPRESS,
-                                help=f"(default: {_default(f)})")
+                                help=f"(default: {default})")
         elif base is bool:
             parser.add_argument(f"--{name}", type=_parse_bool, metavar="true|false",
-                                default=argparse.SUPPRESS, help=f"(default: {_default(f)})")
+                                default=argparse.SUPPRESS, help=f"(default: {default})")
         else:
             parser.add_argument(f"--{name}", type=base, default=argparse.SUPPRESS,
-                                help=f"(default: {_default(f)})")
+                                help=f"(default: {default})")
 
 
 def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None = None,
           base: T | None = None) -> T:
     """The dataclass from (``base`` or the defaults <- ``config_file`` JSON <- command-line
     flags)."""
-    values: dict[str, Any] = json.loads(Path(config_file).read_text()) if config_file else {}
+    values = read_config_file(config_file) if config_file else {}
     for key, value in vars(args).items():
         node = values
         *parents, leaf = key.split(".")
@@ -48,6 +55,22 @@ def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None
             node = node.setdefault(part, {})
         node[leaf] = value
     return _apply(cls() if base is None else base, values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a ``--config`` file; a :class:`UsageError` naming the file when it is
+    missing, not JSON or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file (a JSON file of config values)")
+    try:
+        values = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--config {path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a JSON object of config values, got "
+                         f"{type(values).__name__}")
+    return values
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
@@ -58,22 +81,52 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return _apply(cls(), values)
 
 
-def _apply(config: T, values: dict[str, Any]) -> T:
+def _apply(config: T, values: dict[str, Any], prefix: str = "") -> T:
     cls = type(config)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
+        raise ValueError(f"{cls.__name__}: unknown option(s) "
+                         f"{[prefix + u for u in unknown]}; known: {sorted(names)}")
     changes = {}
     for name, value in values.items():
         kind = hints[name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            value = _apply(getattr(config, name), value)
-        elif typing.get_origin(_base_type(kind)) is tuple and isinstance(value, list):
-            value = tuple(value)
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise UsageError(f"config value {prefix}{name}: expected an object of "
+                                 f"{kind.__name__} options, got {value!r}")
+            value = _apply(getattr(config, name), value, f"{prefix}{name}.")
+        else:
+            value = _checked(f"{prefix}{name}", kind, value)
         changes[name] = value
     return dataclasses.replace(config, **changes)
+
+
+def _checked(name: str, kind: Any, value: Any) -> Any:
+    """``value`` as a field of type ``kind`` takes it (a list becomes a tuple, an int a float),
+    or a :class:`UsageError` naming the option, the type and the value."""
+    base = _base_type(kind)
+    if value is None and base is not kind:  # an optional field
+        return None
+    if typing.get_origin(base) is tuple:
+        element = typing.get_args(base)[0]
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_checked(name, element, v) for v in value)
+            except UsageError:
+                pass
+        raise UsageError(f"config value {name} (--{name}): expected a list of "
+                         f"{element.__name__}, got {value!r}")
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[base]
+    if not ok(value):
+        optional = " or null" if base is not kind else ""
+        raise UsageError(f"config value {name} (--{name}): expected {base.__name__}{optional}, "
+                         f"got {value!r}")
+    return float(value) if base is float else value
 
 
 def _base_type(kind: Any) -> type:
@@ -89,9 +142,3 @@ def _parse_bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return "see config"
