@@ -1,11 +1,15 @@
 // Thin Python bindings of drpose._C. The public op library (torch.library, namespace "drpose")
-// is defined in drpose/ops/; it calls these entry points for backend="cpu".
+// is defined in drpose/ops/; it calls these entry points for backend="cpu" (and "cuda" when
+// the build has CUDA: DRPOSE_WITH_CUDA).
 #include "ops.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "drpose C++ (OpenMP) kernels; use them through drpose.ops";
+  m.doc() = "drpose C++ (OpenMP) and CUDA kernels; use them through drpose.ops";
   m.def("pose_heatmap_loss_forward_cpu", &drpose::pose_heatmap_loss_forward_cpu);
   m.def("pose_heatmap_loss_backward_cpu", &drpose::pose_heatmap_loss_backward_cpu);
   m.def("pose_heatmap_loss_forward_grad_cpu", &drpose::pose_heatmap_loss_forward_grad_cpu);
   m.def("rasterize_forward_cpu", &drpose::rasterize_forward_cpu);
+  m.def("rasterize_backward_cpu", &drpose::rasterize_backward_cpu);
+  m.def("interpolate_forward_cpu", &drpose::interpolate_forward_cpu);
+  m.def("interpolate_backward_cpu", &drpose::interpolate_backward_cpu);
 }

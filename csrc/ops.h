@@ -26,9 +26,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pose_heatmap_loss_forward_grad_cp
     const at::Tensor& weight,  // (M,)
     double sigma, int64_t loss, bool keypoints_grad);
 
-// rasterize: nvdiffrast's rasterize contract on the CPU; see csrc/rasterize_cpu.cpp and
-// drpose/ops/rasterize.py. pos (N, V, 4) clip space, tri (T, 3) int32 -> rast (N, H, W, 4).
+// rasterize / interpolate: nvdiffrast's contract; see csrc/rasterize_math.h (the maths, shared
+// by the CPU and CUDA kernels) and drpose/ops/rasterize.py. pos (N, V, 4) clip space, tri (T, 3)
+// int32 -> rast (N, H, W, 4); attr (N | 1, V, A) -> (N, H, W, A).
 at::Tensor rasterize_forward_cpu(const at::Tensor& pos, const at::Tensor& tri, int64_t height,
                                  int64_t width);
+at::Tensor rasterize_backward_cpu(const at::Tensor& grad_rast, const at::Tensor& pos,
+                                  const at::Tensor& tri, const at::Tensor& rast);
+at::Tensor interpolate_forward_cpu(const at::Tensor& attr, const at::Tensor& rast,
+                                   const at::Tensor& tri);
+std::tuple<at::Tensor, at::Tensor> interpolate_backward_cpu(const at::Tensor& grad_out,
+                                                            const at::Tensor& attr,
+                                                            const at::Tensor& rast,
+                                                            const at::Tensor& tri);
 
 }  // namespace drpose

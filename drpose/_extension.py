@@ -16,6 +16,9 @@ import torch
 
 BUILD_HINT = "build it with `pip install -e . --no-build-isolation` from the drpose checkout"
 MISSING = f"backend='cpu' needs the compiled extension drpose._C; {BUILD_HINT}"
+MISSING_CUDA = ("backend='cuda' needs drpose._C built with its CUDA kernels: install the CUDA "
+                f"build of torch and a CUDA toolkit (nvcc), then {BUILD_HINT} "
+                "(DRPOSE_BUILD_CUDA=1 forces the CUDA build)")
 
 
 @functools.cache
@@ -45,6 +48,14 @@ def require() -> ModuleType:
     if ext is None:
         raise RuntimeError(MISSING)
     return ext
+
+
+@torch.compiler.assume_constant_result
+def has_cuda() -> bool:
+    """Whether ``drpose._C`` is built with its CUDA kernels (csrc/*.cu) and a GPU is usable."""
+    ext = load()
+    return (ext is not None and hasattr(ext, "rasterize_forward_cuda")
+            and torch.cuda.is_available())
 
 
 @torch.compiler.assume_constant_result

@@ -11,6 +11,7 @@ import trimesh
 from drpose import _extension
 from drpose.body import StandInModelWarning, load_smplx, posed_body
 from drpose.ops.rasterize import (
+    _interpolate_op,
     _rasterize_op,
     interpolate,
     interpolate_reference,
@@ -288,3 +289,133 @@ def test_cpu_gradcheck_and_opcheck():
     assert torch.autograd.gradcheck(lambda p: rasterize(p, tri, (6, 5), backend="cpu")[..., :2],
                                     (pos,), eps=1e-7, atol=1e-6)
     torch.library.opcheck(_rasterize_op, (pos.detach().float(), tri, 6, 5))
+
+
+# ---- interpolate: the C++ kernel (the maths of csrc/rasterize_math.h) against the reference ---
+
+
+def _rendered(n_images: int, seed: int, dtype=torch.float64):
+    pos, tri = _soup(n_images, 30, seed=seed, perspective=True)
+    rast = rasterize_reference(pos, tri, (19, 21)).to(dtype)
+    assert (rast[..., 3] > 0).any() and (rast[..., 3] == 0).any()
+    return pos, tri, rast
+
+
+@needs_ext
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 0), (torch.float32, 0),
+                                             (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("images", [1, 3])
+def test_interpolate_cpu_matches_reference(dtype, atol, images):
+    pos, tri, rast = _rendered(3, seed=6, dtype=torch.float32)
+    g = torch.Generator().manual_seed(7)
+    attr = torch.randn(images, pos.shape[1], 5, generator=g).to(dtype)  # 1: broadcast
+    ours = interpolate(attr, rast, tri, backend="cpu")
+    ref = interpolate_reference(attr, rast, tri)
+    assert ours.dtype == dtype and ours.shape == (3, 19, 21, 5)
+    # float32/64: the reference's expressions in its order, bit for bit; half precision is
+    # computed in float32 by the kernel, in the attribute's dtype by the reference
+    torch.testing.assert_close(ours, ref, rtol=0 if atol == 0 else 1e-2, atol=atol)
+
+
+@needs_ext
+@pytest.mark.parametrize("images", [1, 2])
+@pytest.mark.parametrize("rast_dtype", [torch.float32, torch.float64])
+def test_interpolate_cpu_gradients_match_reference(images, rast_dtype):
+    pos, tri, rast = _rendered(2, seed=8, dtype=rast_dtype)
+    g = torch.Generator().manual_seed(9)
+    attr = torch.randn(images, pos.shape[1], 3, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(2, 19, 21, 3, generator=g, dtype=torch.float64)
+    grads = []
+    for backend in ("cpu", "torch"):
+        a = attr.clone().requires_grad_(True)
+        r = rast.clone().requires_grad_(True)
+        interpolate(a, r, tri, backend=backend).backward(grad_out)
+        grads.append((a.grad, r.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    assert grads[0][1][..., 2:].abs().max() == 0 and grads[0][1].abs().max() > 0
+
+
+@needs_ext
+def test_cpu_float32_gradients_match_reference():
+    pos, tri = _soup(2, 30, seed=10, perspective=True, dtype=torch.float32)
+    grad_uv = torch.randn(2, 17, 15, 4, generator=torch.Generator().manual_seed(11))
+    grad_uv[..., 2:] = 0
+    grads = []
+    for backend in ("cpu", "torch"):
+        p = pos.clone().requires_grad_(True)
+        rasterize(p, tri, (17, 15), backend=backend).backward(grad_uv)
+        grads.append(p.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+    assert grads[0].abs().max() > 0
+
+
+@needs_ext
+def test_interpolate_gradcheck_and_opcheck():
+    pos, tri, rast = _rendered(1, seed=12)
+    attr = torch.randn(1, pos.shape[1], 2, dtype=torch.float64, requires_grad=True)
+    uv = rast[..., :2].clone().requires_grad_(True)
+
+    def render(a, uv):
+        return interpolate(a, torch.cat([uv, rast[..., 2:]], -1), tri, backend="cpu")
+
+    assert torch.autograd.gradcheck(render, (attr, uv), eps=1e-7, atol=1e-6)
+    torch.library.opcheck(_interpolate_op, (attr.detach().float(), rast.float(), tri))
+
+
+# ---- bad indices: every backend raises the same clear error ----------------------------------
+
+BACKENDS_HERE = [pytest.param("cpu", marks=needs_ext), "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("bad", [3, 7, -1])
+def test_out_of_range_vertex_index_is_named(backend, bad):
+    pos = torch.tensor([[[-1.0, -1.0, 0.0, 1.0], [1.0, -1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]]])
+    tri = torch.tensor([[0, 1, 2], [0, bad, 2]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=rf"rasterize\(\): tri\[1\] holds vertex index {bad}, "
+                                         r"but pos has 3 vertices \(valid indices 0..2\)"):
+        rasterize(pos, tri, (4, 4), backend=backend)
+    rast = rasterize(pos, tri[:1], (4, 4), backend=backend)
+    with pytest.raises(ValueError, match=rf"interpolate\(\): tri\[1\] holds vertex index {bad}, "
+                                         r"but attr has 3 vertices"):
+        interpolate(torch.zeros(1, 3, 2), rast, tri, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_rast_ids_beyond_tri_are_named(backend):
+    pos = torch.tensor([[[-1.0, -1.0, 0.0, 1.0], [1.0, -1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]]])
+    tri = torch.tensor([[0, 1, 2], [2, 1, 0]], dtype=torch.int32)
+    rast = rasterize(pos, tri, (4, 4), backend=backend)
+    assert rast[..., 3].max() == 1
+    rast[0, 0, 0, 3] = 2  # a triangle id that tri[:1] does not have
+    with pytest.raises(ValueError, match=r"rast names triangle id 2 .* tri has 1 triangles; "
+                                         r"pass the tri that was given to rasterize\(\)"):
+        interpolate(torch.zeros(1, 3, 2), rast, tri[:1], backend=backend)
+    with pytest.raises(TypeError, match="rast must be float32 or float64"):
+        interpolate(torch.zeros(1, 3, 2), rast.half(), tri, backend=backend)
+
+
+@needs_ext
+def test_cpu_kernels_refuse_bad_indices_themselves():
+    """The C++ entry points raise too (they never read out of bounds), not only the checks."""
+    ext = _extension.require()
+    pos = torch.zeros(1, 3, 4)
+    bad = torch.tensor([[0, 1, 3]], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="vertex index outside"):
+        ext.rasterize_forward_cpu(pos, bad, 4, 4)
+    with pytest.raises(RuntimeError, match="vertex index outside"):
+        ext.interpolate_forward_cpu(torch.zeros(1, 3, 2), torch.zeros(1, 4, 4, 4), bad)
+    rast = torch.zeros(1, 4, 4, 4)
+    rast[0, 1, 1, 3] = 5
+    with pytest.raises(RuntimeError, match="rast names triangle id 5"):
+        ext.interpolate_forward_cpu(torch.zeros(1, 3, 2), rast, bad.clamp(max=2))
+
+
+def test_cuda_backend_needs_cuda_tensors():
+    pos = torch.zeros(1, 3, 4)
+    tri = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+        rasterize(pos, tri, (4, 4), backend="cuda")
+    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+        interpolate(torch.zeros(1, 3, 2), torch.zeros(1, 4, 4, 4), tri, backend="cuda")

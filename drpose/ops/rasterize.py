@@ -26,16 +26,20 @@ API (``nvdiffrast.torch.rasterize`` / ``interpolate``, instanced mode, no antial
   nvdiffrast adds 1e-6 to S in its backward; we do not (the difference is far below float32
   resolution except for degenerate triangles).
 
-Backends: ``"nvdiffrast"`` (CUDA tensors, when ``import nvdiffrast.torch`` works), ``"cpu"`` (the
-C++/OpenMP kernel ``csrc/rasterize_cpu.cpp``), ``"torch"`` (the reference: brute force over all
-triangles, for tests and small inputs). ``"auto"``: nvdiffrast for CUDA tensors, else cpu (torch
-with one warning when drpose._C is not built). nvdiffrast is not on PyPI and is licensed for
-non-commercial use only (NVIDIA Source Code License); GPU users who may use it install it from a
-local clone, against the torch they already have:
+Backends: ``"nvdiffrast"`` (CUDA tensors, when ``import nvdiffrast.torch`` works), ``"cuda"``
+(the CUDA kernels ``csrc/rasterize_cuda.cu``, when drpose._C was built with CUDA), ``"cpu"`` (the
+C++/OpenMP kernels ``csrc/rasterize_cpu.cpp``), ``"torch"`` (the reference: brute force over all
+triangles, for tests and small inputs). The cuda and cpu kernels share their per-triangle and
+per-pixel maths (``csrc/rasterize_math.h``), forward and backward, so they give the same images.
+``"auto"``: for CUDA tensors nvdiffrast, then cuda, then the CPU kernel (copied to the CPU and
+back); for CPU tensors cpu (torch with one warning when drpose._C is not built). nvdiffrast is
+not on PyPI and is licensed for non-commercial use only (NVIDIA Source Code License); GPU users
+who may use it install it from a local clone, against the torch they already have:
 
     git clone https://github.com/NVlabs/nvdiffrast && pip install ./nvdiffrast --no-build-isolation
 
-Without it, CUDA tensors are rasterized by the CPU kernel (copied to the CPU and back).
+Every backend checks that ``tri`` names existing vertices (and, for ``interpolate``, that
+``rast``'s ids name existing triangles) and raises the same ValueError otherwise.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ from drpose.ops._dispatch import (
     check_tensor,
 )
 
-RASTERIZE_BACKENDS = ("auto", "torch", "cpu", "nvdiffrast")
-INTERPOLATE_BACKENDS = ("auto", "torch", "nvdiffrast")
+RASTERIZE_BACKENDS = ("auto", "torch", "cpu", "cuda", "nvdiffrast")
+INTERPOLATE_BACKENDS = ("auto", "torch", "cpu", "cuda", "nvdiffrast")
 _REFERENCE_CHUNK = 1 << 21  # images x pixels x triangles evaluated at once by the reference
 
 
@@ -167,10 +171,10 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], *,
     """Rasterize triangles with nvdiffrast's contract (see the module docstring).
 
     Args:
-        pos: (N, V, 4) float32 (float64 on the cpu and torch backends) clip-space vertices.
-        tri: (T, 3) int32 vertex indices, T may be 0.
+        pos: (N, V, 4) float32 (float64 too, except on nvdiffrast) clip-space vertices.
+        tri: (T, 3) int32 vertex indices in [0, V), T may be 0.
         resolution: (H, W) in pixels.
-        backend: ``"auto"`` | ``"torch"`` | ``"cpu"`` | ``"nvdiffrast"``.
+        backend: ``"auto"`` | ``"torch"`` | ``"cpu"`` | ``"cuda"`` | ``"nvdiffrast"``.
 
     Returns:
         rast (N, H, W, 4) in pos's dtype and on its device: (u, v, z/w, triangle_id + 1), zeros
@@ -187,7 +191,7 @@ def rasterize(pos: Tensor, tri: Tensor, resolution: tuple[int, int], *,
         rast, _ = dr.rasterize(_nvdiffrast_context(device), pos.contiguous(), tri.contiguous(),
                                (height, width), grad_db=False)
         return rast
-    if device.type != "cpu":  # CUDA without nvdiffrast: the CPU kernel, and back
+    if backend == "cpu" and device.type != "cpu":  # CUDA without a GPU kernel: CPU, and back
         return _rasterize_op(pos.cpu().contiguous(), tri.cpu().contiguous(), height,
                              width).to(device)
     return _rasterize_op(pos.contiguous(), tri.contiguous(), height, width)
@@ -200,8 +204,8 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, *, backend: str = "auto
         attr: (N, V, A) or (1, V, A) (broadcast over images) float vertex attributes.
         rast: (N, H, W, 4) output of :func:`rasterize`.
         tri: (T, 3) int32, the triangles given to :func:`rasterize`.
-        backend: ``"auto"`` (nvdiffrast for CUDA tensors when installed, else torch) |
-            ``"torch"`` | ``"nvdiffrast"``.
+        backend: ``"auto"`` (as :func:`rasterize`) | ``"torch"`` | ``"cpu"`` | ``"cuda"`` |
+            ``"nvdiffrast"``.
 
     Returns:
         (N, H, W, A) in attr's dtype, zero on background pixels. Differentiable w.r.t. ``attr``
@@ -213,16 +217,26 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, *, backend: str = "auto
     if backend == "nvdiffrast":
         out, _ = _nvdiffrast().interpolate(attr.contiguous(), rast.contiguous(), tri.contiguous())
         return out
-    return interpolate_reference(attr, rast, tri)
+    if backend == "torch":
+        return interpolate_reference(attr, rast, tri)
+    if backend == "cpu" and device.type != "cpu":
+        return _interpolate_op(attr.cpu().contiguous(), rast.cpu().contiguous(),
+                               tri.cpu().contiguous()).to(device)
+    return _interpolate_op(attr.contiguous(), rast.contiguous(), tri.contiguous())
 
 
-# ---- the op library entries: drpose::rasterize and its backward --------------------------------
+# ---- the op library entries: drpose::rasterize, drpose::interpolate and their backwards ------
+# Each calls the C++ kernel of the tensors' device (<name>_cpu or <name>_cuda in drpose._C).
+
+
+def _kernel(name: str, device: torch.device):
+    return getattr(_extension.require(), f"{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
 
 
 @torch.library.custom_op("drpose::rasterize", mutates_args=())
 def _rasterize_op(pos: Tensor, tri: Tensor, height: int, width: int) -> Tensor:
-    """rast (N, H, W, 4) of pos (N, V, 4) and tri (T, 3) int32 by the C++ kernel."""
-    return _extension.require().rasterize_forward_cpu(pos, tri, height, width)
+    """rast (N, H, W, 4) of pos (N, V, 4) and tri (T, 3) int32 by the C++/CUDA kernel."""
+    return _kernel("rasterize_forward", pos.device)(pos, tri, height, width)
 
 
 @_rasterize_op.register_fake
@@ -237,40 +251,10 @@ def _rasterize_backward(grad_rast: Tensor, pos: Tensor, tri: Tensor, rast: Tenso
     With g_k = dL/de_k = (g_u (δ_k0 - u) + g_v (δ_k1 - v)) / S and e_k = X_{k+1} Y_{k+2} -
     X_{k+2} Y_{k+1}:  dL/dX_i = g_{i-1} Y_{i+1} - g_{i+1} Y_{i+2},
     dL/dY_i = g_{i+1} X_{i+2} - g_{i-1} X_{i+1},  dL/dx_i = dL/dX_i, dL/dy_i = dL/dY_i,
-    dL/dw_i = -px dL/dX_i - py dL/dY_i (u, v recomputed from pos, not read from rast).
+    dL/dw_i = -px dL/dX_i - py dL/dY_i (u, v recomputed from pos in float64, not read from
+    rast; ``barycentric_backward`` in csrc/rasterize_math.h).
     """
-    height, width = rast.shape[1:3]
-    grad_pos = torch.zeros_like(pos)
-    ids = rast[..., 3].long() - 1
-    g = grad_rast[..., :2]
-    active = (ids >= 0) & (g != 0).any(-1)
-    img, row, col = active.nonzero(as_tuple=True)
-    if img.numel() == 0:
-        return grad_pos
-    acc = torch.promote_types(pos.dtype, torch.float32)
-    px, py = _pixel_centres(height, width, acc, pos.device)
-    px, py = px[col, None], py[row, None]
-    corners = tri.long()[ids[img, row, col]]  # (M, 3)
-    p = pos[img[:, None], corners].to(acc)  # (M, 3, 4)
-    big_x = p[..., 0] - px * p[..., 3]
-    big_y = p[..., 1] - py * p[..., 3]
-    e = big_x.roll(-1, -1) * big_y.roll(-2, -1) - big_x.roll(-2, -1) * big_y.roll(-1, -1)
-    s = e.sum(-1, keepdim=True)
-    uv = e[:, :2] / s
-    gu, gv = g[img, row, col].to(acc).unbind(-1)
-    ge = -(gu[:, None] * uv[:, :1] + gv[:, None] * uv[:, 1:])  # (M, 1) -> broadcast
-    ge = ge.expand(-1, 3).clone()
-    ge[:, 0] += gu
-    ge[:, 1] += gv
-    ge = ge / s
-    prev, nxt = ge.roll(1, -1), ge.roll(-1, -1)  # g_{i-1}, g_{i+1}
-    gx = prev * big_y.roll(-1, -1) - nxt * big_y.roll(-2, -1)
-    gy = nxt * big_x.roll(-2, -1) - prev * big_x.roll(-1, -1)
-    gw = -px * gx - py * gy
-    grads = torch.stack([gx, gy, torch.zeros_like(gx), gw], dim=-1).to(pos.dtype)  # (M, 3, 4)
-    flat = (img[:, None] * pos.shape[1] + corners).reshape(-1)
-    grad_pos.view(-1, 4).index_add_(0, flat, grads.reshape(-1, 4))
-    return grad_pos
+    return _kernel("rasterize_backward", pos.device)(grad_rast, pos, tri, rast)
 
 
 @_rasterize_backward.register_fake
@@ -289,6 +273,45 @@ def _backward(ctx, grad_rast):
 
 
 _rasterize_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("drpose::interpolate", mutates_args=())
+def _interpolate_op(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
+    """(N, H, W, A): u a_0 + v a_1 + (1 - u - v) a_2 of attr (N | 1, V, A) at rast's pixels."""
+    return _kernel("interpolate_forward", attr.device)(attr, rast, tri)
+
+
+@_interpolate_op.register_fake
+def _(attr, rast, tri):
+    return attr.new_empty(*rast.shape[:3], attr.shape[-1])
+
+
+@torch.library.custom_op("drpose::interpolate_backward", mutates_args=())
+def _interpolate_backward(grad: Tensor, attr: Tensor, rast: Tensor,
+                          tri: Tensor) -> tuple[Tensor, Tensor]:
+    """grad attr (attr's shape) and grad rast (N, H, W, 4), (u, v) channels only:
+    dL/da_0 = u g, dL/da_1 = v g, dL/da_2 = (1 - u - v) g, dL/du = sum_A g (a_0 - a_2),
+    dL/dv = sum_A g (a_1 - a_2)."""
+    return _kernel("interpolate_backward", attr.device)(grad, attr, rast, tri)
+
+
+@_interpolate_backward.register_fake
+def _(grad, attr, rast, tri):
+    return torch.empty_like(attr), torch.empty_like(rast)
+
+
+def _setup_interpolate(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _interpolate_grad(ctx, grad):
+    attr, rast, tri = ctx.saved_tensors
+    grad_attr, grad_rast = _interpolate_backward(grad.contiguous(), attr, rast, tri)
+    return (grad_attr if ctx.needs_input_grad[0] else None,
+            grad_rast if ctx.needs_input_grad[1] else None, None)
+
+
+_interpolate_op.register_autograd(_interpolate_grad, setup_context=_setup_interpolate)
 
 
 # ---- backends and checks -----------------------------------------------------------------------
@@ -318,8 +341,8 @@ def _resolve(op: str, backend: str, allowed: tuple[str, ...], device: torch.devi
     if backend == "auto":
         if device.type == "cuda" and _has_nvdiffrast():
             return "nvdiffrast"
-        if op == "interpolate":
-            return "torch"
+        if device.type == "cuda" and _extension.has_cuda():
+            return "cuda"
         if _extension.load() is None:
             return "torch"
         return "cpu"
@@ -329,11 +352,16 @@ def _resolve(op: str, backend: str, allowed: tuple[str, ...], device: torch.devi
         if not _has_nvdiffrast():
             raise RuntimeError(f"{op}(): backend='nvdiffrast' needs nvdiffrast; see the "
                                "drpose.ops.rasterize docstring for how to install it")
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"{op}(): backend='cuda' needs CUDA tensors, got {device}")
+        if not _extension.has_cuda():
+            raise RuntimeError(f"{op}(): {_extension.MISSING_CUDA}")
     if backend == "cpu":
         _extension.require()
     if backend == "torch" and op == "rasterize" and device.type == "cuda":
         warnings.warn("rasterize(): the torch reference is brute force; on CUDA install "
-                      "nvdiffrast", RuntimeWarning, stacklevel=3)
+                      "nvdiffrast or build drpose._C with CUDA", RuntimeWarning, stacklevel=3)
     return backend
 
 
@@ -344,27 +372,54 @@ def _check_rasterize_inputs(pos: Tensor, tri: Tensor, resolution: tuple[int, int
                          f"{tuple(pos.shape)}")
     if pos.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"rasterize(): pos must be float32 or float64, got {pos.dtype}")
-    _check_tri("rasterize", tri)
+    _check_tri("rasterize", tri, pos.shape[1], "pos")
     height, width = check_size("rasterize", "resolution", resolution)
     check_output_size("rasterize", "resolution", resolution, (pos.shape[0], height, width, 4),
                       pos.dtype, pos.device)
 
 
-def _check_tri(op: str, tri: Tensor) -> None:
+def _check_tri(op: str, tri: Tensor, num_vertices: int, source: str) -> None:
+    """tri (T, 3) int32 whose indices all name one of the ``num_vertices`` rows of ``source``."""
     check_tensor(op, "tri", tri, dims=2)
     if tri.shape[-1] != 3:
         raise ValueError(f"{op}(): tri must have shape (T, 3), got {tuple(tri.shape)}")
     if tri.dtype != torch.int32:
         raise TypeError(f"{op}(): tri must be int32 (as nvdiffrast), got {tri.dtype}")
+    if tri.numel() == 0:
+        return
+    low, high = (int(x) for x in torch.aminmax(tri))
+    if low < 0 or high >= num_vertices:
+        bad = low if low < 0 else high
+        row = int((tri == bad).any(-1).nonzero()[0])
+        raise ValueError(f"{op}(): tri[{row}] holds vertex index {bad}, but {source} has "
+                         f"{num_vertices} vertices (valid indices 0..{num_vertices - 1}); every "
+                         f"index in tri must name a vertex of {source}")
+
+
+def _check_rast_ids(rast: Tensor, num_triangles: int) -> None:
+    """rast's id channel holds 0 (background) or triangle_id + 1 with triangle_id < T."""
+    if rast.numel() == 0:
+        return
+    high = int(rast[..., 3].detach().max())
+    low = int(rast[..., 3].detach().min())
+    if low < 0 or high > num_triangles:
+        bad = low if low < 0 else high
+        raise ValueError(f"interpolate(): rast names triangle id {bad} (channel 3 holds "
+                         f"triangle_id + 1), but tri has {num_triangles} triangles; pass the "
+                         "tri that was given to rasterize()")
 
 
 def _check_interpolate_inputs(attr: Tensor, rast: Tensor, tri: Tensor) -> None:
     check_tensor("interpolate", "attr", attr, dims=3, floating=True)
     check_tensor("interpolate", "rast", rast, dims=4, floating=True)
-    _check_tri("interpolate", tri)
     if rast.shape[-1] != 4:
         raise ValueError(f"interpolate(): rast must have shape (N, H, W, 4), got "
                          f"{tuple(rast.shape)}")
+    if rast.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"interpolate(): rast must be float32 or float64 (rasterize()'s output), "
+                        f"got {rast.dtype}")
     if attr.shape[0] not in (1, rast.shape[0]):
         raise ValueError(f"interpolate(): attr must have shape (N, V, A) or (1, V, A) with "
                          f"N = {rast.shape[0]} (rast's images), got {tuple(attr.shape)}")
+    _check_tri("interpolate", tri, attr.shape[1], "attr")
+    _check_rast_ids(rast, tri.shape[0])
