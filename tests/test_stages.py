@@ -215,3 +215,61 @@ def test_reward_run_reports_judges_against_the_true_views(tiny_renders, tiny_vae
     assert len(judged) == 1
     line = capsys.readouterr().out
     assert "judge PoseScore" in line and "silhouette IoU" in line
+
+
+@pytest.fixture
+def empty_dir_with_tiny_chain(tmp_path, monkeypatch, tiny_vae):
+    """An empty working directory; the default chain lives under ``tmp_path/chain`` and its
+    renders are the tiny ones (built there when missing); its VAE is the tiny one."""
+    import shutil
+
+    from drpose.pipelines.default import DONE_FILE
+    from drpose.train import vae as vae_stage
+    from tests.conftest import TINY_RENDERS
+
+    chain = tmp_path / "chain"
+    monkeypatch.setattr(vae_stage, "default_chain_dir", lambda: chain)
+    monkeypatch.setattr(pretrain, "default_chain_dir", lambda: chain)
+    monkeypatch.setattr(vae_stage, "RenderConfig", lambda: TINY_RENDERS)
+    shutil.copytree(tiny_vae, chain / "vae" / "vae")
+    (chain / "vae" / "vae" / DONE_FILE).write_text("{}")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work, chain
+
+
+def test_stages_run_alone_from_an_empty_directory_and_chain(empty_dir_with_tiny_chain, capsys,
+                                                            monkeypatch):
+    from drpose.train.__main__ import main
+
+    work, chain = empty_dir_with_tiny_chain
+    quiet = ["--train.steps", "1", "--train.progress", "false"]
+    assert main(["vae", *quiet]) == 0  # builds the default renders it needs
+    assert (chain / "renders").is_dir() and (work / "runs/vae/vae/config.json").is_file()
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("vae: held-out reconstruction PSNR") and "runs/vae/vae" in out[-1]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("pretrain/skel must use runs/vae/vae, not the chain's VAE")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain, "ensure_vae", must_not_run)
+        assert main(["pretrain", "--batch_size", "1", *quiet]) == 0
+        assert main(["skel", *quiet]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out[-2:]] == ["pretrain", "skel"]
+    pipe = MultiViewPipeline.from_pretrained(work / "runs/pretrain/pipeline")
+    trained = json.loads((work / "runs/vae/vae/config.json").read_text())
+    assert pipe.vae.config.scaling_factor == trained["scaling_factor"]
+    assert (work / "runs/skel/skel" / skel.POSESCORE_FILE).is_file()
+
+
+def test_skel_alone_uses_the_default_chain_vae(empty_dir_with_tiny_chain, capsys):
+    from drpose.train.__main__ import main
+
+    work, chain = empty_dir_with_tiny_chain
+    assert main(["skel", "--train.steps", "1", "--train.progress", "false"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("skel: held-out PCK")
+    assert (work / "runs/skel/skel" / skel.POSESCORE_FILE).is_file()
+    assert not (work / "runs/vae").exists()

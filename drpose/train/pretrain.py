@@ -38,9 +38,14 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
+from drpose.data.multiview import MultiViewRenders, RenderConfig
 from drpose.models import MultiViewUNet
-from drpose.pipelines.default import DONE_FILE, PIPELINE_SUBFOLDER, PRETRAIN_RUN_NAME
+from drpose.pipelines.default import (
+    DONE_FILE,
+    PIPELINE_SUBFOLDER,
+    PRETRAIN_RUN_NAME,
+    default_chain_dir,
+)
 from drpose.pipelines.multiview import (
     PSHUMAN_DDIM,
     CLIPImageProcessor,
@@ -57,7 +62,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 class PretrainConfig:
     """Options of the ``pretrain`` stage.
 
-    renders: render folder. vae: a VAE folder (``save_pretrained``), used when ``init`` is None.
+    renders: render folder (None: the default chain's, built when missing). vae: a VAE folder
+    (``save_pretrained``), used when ``init`` is None (None: :func:`find_vae`).
     init: a local pipeline folder to continue (PSHuman's or ours); None builds the tiny model.
     prediction_type: ``"epsilon"`` or ``"v_prediction"`` (tiny model only; a loaded checkpoint
     keeps its own). batch_size: objects per step. snr_gamma: min-SNR gamma (None: unweighted).
@@ -67,8 +73,8 @@ class PretrainConfig:
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         name=PRETRAIN_RUN_NAME, steps=400, lr=1e-3, checkpoint_every=100, log_every=20))
-    renders: str = "runs/cache/renders"
-    vae: str = "runs/cache/vae/vae"
+    renders: str | None = None
+    vae: str | None = None
     init: str | None = None
     prediction_type: str = "v_prediction"
     batch_size: int = 2
@@ -203,11 +209,12 @@ def evaluate(pipe: MultiViewPipeline, encoded: EncodedRenders, seed: int = 1234)
 
 def run(config: PretrainConfig, *, resume: bool = False) -> Path:
     """Train; returns the saved pipeline folder ``<run_dir>/pipeline``."""
-    data = MultiViewRenders.load(config.renders)
+    data = MultiViewRenders.load(config.renders or vae_stage.default_renders())
     if config.init is not None:
         pipe = MultiViewPipeline.from_pretrained(config.init)
     else:
-        pipe = tiny_pipeline(config.vae, config.prediction_type, config.train.seed)
+        pipe = tiny_pipeline(find_vae(config.vae, config.train.runs_dir), config.prediction_type,
+                             config.train.seed)
     for module in (pipe.vae, pipe.image_encoder, pipe.image_normalizer):
         module.requires_grad_(False)
     unet = pipe.unet.train().requires_grad_(True)
@@ -245,7 +252,23 @@ def run(config: PretrainConfig, *, resume: bool = False) -> Path:
     metrics = {"eval_mse": evaluate(pipe, held), **last}
     (config.train.run_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "config": asdict(config)}, indent=1, default=str))
+    print(f"pretrain: held-out diffusion MSE {metrics['eval_mse']:.4f} after {trainer.step} "
+          f"steps ({out})")
     return out
+
+
+def find_vae(vae: str | None, runs_dir: str | Path) -> Path:
+    """The VAE folder a stage uses: ``vae`` when given; else the ``vae`` stage's default output
+    under ``runs_dir`` (``<runs_dir>/vae/vae``, what ``python -m drpose.train vae`` writes) when
+    it is there; else the default chain's VAE (built when missing, as the reward stage does)."""
+    if vae is not None:
+        return Path(vae)
+    default = vae_stage.VAEConfig()
+    default.train.runs_dir = str(runs_dir)
+    trained = default.train.run_dir / vae_stage.VAE_SUBFOLDER
+    if (trained / "config.json").is_file():
+        return trained
+    return ensure_vae(default_chain_dir())
 
 
 # -- the default chain ---------------------------------------------------------------------------
@@ -273,10 +296,7 @@ def default_configs(cache_dir: str | Path) -> tuple[RenderConfig, vae_stage.VAEC
 
 def ensure_renders(cache_dir: str | Path) -> Path:
     """The default renders under ``cache_dir/renders`` (built when missing)."""
-    render_config, _, _ = default_configs(cache_dir)
-    folder = Path(cache_dir) / "renders"
-    load_or_build(folder, render_config)
-    return folder
+    return vae_stage.default_renders(cache_dir)
 
 
 def ensure_vae(cache_dir: str | Path) -> Path:

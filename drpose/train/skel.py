@@ -56,9 +56,10 @@ JUDGE_CHANNELS = (32, 64)
 class SkelConfig:
     """Options of the ``skel`` stage.
 
-    renders: render folder. vae: VAE folder (the pipeline's VAE: ``<pipeline>/vae`` or the
-    ``vae`` stage's output). pipeline: a pipeline folder whose VAE g_skel learns from (sets
-    ``vae`` to ``<pipeline>/vae``; the renders' side must be the pipeline's image side).
+    renders: render folder (None: the default chain's, built when missing). vae: VAE folder (the
+    pipeline's VAE: ``<pipeline>/vae``, or the ``vae`` stage's output; None:
+    :func:`drpose.train.pretrain.find_vae`). pipeline: a pipeline folder whose VAE g_skel learns
+    from (sets ``vae`` to ``<pipeline>/vae``; the renders' side must be the pipeline's image side).
     batch_size: objects per step (x 6 views). sigma: heatmap sigma (map pixels). channels,
     map_scale: :class:`SkeletonNet` widths and map side / latent side. latent_noise: std of the
     training-latent noise. pck_threshold: PCK radius / map side.
@@ -66,8 +67,8 @@ class SkelConfig:
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         name="skel", steps=300, lr=2e-3, checkpoint_every=100, log_every=20))
-    renders: str = "runs/cache/renders"
-    vae: str = "runs/cache/vae/vae"
+    renders: str | None = None
+    vae: str | None = None
     pipeline: str | None = None
     batch_size: int = 4
     sigma: float = 1.5
@@ -140,23 +141,23 @@ def pipeline_image_side(folder: str | Path) -> int:
     return configs["unet"]["sample_size"] * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
 
 
-def resolve_vae(config: SkelConfig, data: MultiViewRenders) -> str:
+def resolve_vae(config: SkelConfig, data: MultiViewRenders) -> Path:
     """The VAE folder of ``config``: ``<pipeline>/vae`` when a pipeline is given (its image side
-    must be the renders' side), else ``config.vae``."""
+    must be the renders' side), else :func:`drpose.train.pretrain.find_vae` of ``config.vae``."""
     if config.pipeline is None:
-        return config.vae
+        return pretrain.find_vae(config.vae, config.train.runs_dir)
     side = pipeline_image_side(config.pipeline)
     if side != data.config.resolution:
         raise ValueError(
             f"renders {config.renders} are {data.config.resolution} px, pipeline "
             f"{config.pipeline} generates {side} px: make renders at its side with "
             f"'python -m drpose.data renders --resolution {side} --out DIR' and pass --renders DIR")
-    return str(Path(config.pipeline) / "vae")
+    return Path(config.pipeline) / "vae"
 
 
 def run(config: SkelConfig, *, resume: bool = False) -> Path:
     """Train g_skel; returns ``<run_dir>/skel`` (network + ``posescore.json``)."""
-    data = MultiViewRenders.load(config.renders)
+    data = MultiViewRenders.load(config.renders or vae_stage.default_renders())
     vae = vae_stage.load_vae(resolve_vae(config, data))
     train, held = data.subset("train"), data.subset("eval")
     train_latents, held_latents = view_latents(vae, train), view_latents(vae, held)
@@ -195,6 +196,8 @@ def run(config: SkelConfig, *, resume: bool = False) -> Path:
     (config.train.run_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "train_loss": last.get("loss"), "map_size": list(size),
          "config": asdict(config)}, indent=1, default=str))
+    print(f"skel: held-out PCK {metrics['pck']:.3f}, pair accuracy "
+          f"{metrics['pair_accuracy']:.3f} after {trainer.step} steps ({out})")
     return out
 
 

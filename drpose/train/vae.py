@@ -6,7 +6,8 @@ latents carry the images' content. Loss: ``L1 + MSE`` of the reconstruction (ima
 plus ``kl_weight`` times the mean KL of the posterior to N(0, 1). After training the config's
 ``scaling_factor`` is set to 1 / std of the latent modes (as Stable Diffusion's 0.18215 was
 chosen), so scaled latents have unit variance for the diffusion model. Saved with
-``save_pretrained`` to ``<run_dir>/vae``.
+``save_pretrained`` to ``<run_dir>/vae`` (``runs/vae/vae`` on the defaults, where the
+``pretrain`` and ``skel`` stages look for it first).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from diffusers import AutoencoderKL
 from torch import Tensor
 
 from drpose._files import make_readable
-from drpose.data.multiview import MultiViewRenders
+from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
+from drpose.pipelines.default import default_chain_dir
 from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
 
 VAE_SUBFOLDER = "vae"
@@ -31,14 +33,15 @@ VAE_SUBFOLDER = "vae"
 class VAEConfig:
     """Options of the ``vae`` stage.
 
-    renders: folder of :mod:`drpose.data.multiview` renders. batch_size: images per step.
+    renders: folder of :mod:`drpose.data.multiview` renders (None: the default chain's, built
+    when missing, as the reward stage does: :func:`default_renders`). batch_size: images per step.
     kl_weight: weight of the mean KL term. block_out_channels: the encoder's widths (one 2x
     downsampling between consecutive levels: 3 levels = factor 4). latent_channels: 4 (PSHuman).
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         name="vae", steps=300, lr=1e-3, checkpoint_every=100, log_every=20))
-    renders: str = "runs/cache/renders"
+    renders: str | None = None
     batch_size: int = 8
     kl_weight: float = 1e-4
     block_out_channels: tuple[int, ...] = (16, 32, 32)
@@ -46,6 +49,14 @@ class VAEConfig:
 
 
 Config = VAEConfig  # the stage's config for ``python -m drpose.train vae``
+
+
+def default_renders(cache_dir: str | Path | None = None) -> Path:
+    """``<cache_dir>/renders`` (the default chain's folder when ``cache_dir`` is None): the
+    default :class:`RenderConfig` renders, built when missing."""
+    folder = Path(cache_dir if cache_dir is not None else default_chain_dir()) / "renders"
+    load_or_build(folder, RenderConfig())
+    return folder
 
 
 def tiny_vae(config: VAEConfig, resolution: int) -> AutoencoderKL:
@@ -89,7 +100,7 @@ def latent_scale(vae: AutoencoderKL, images: Tensor, batch: int = 64) -> float:
 
 def run(config: VAEConfig, *, resume: bool = False) -> Path:
     """Train the VAE; returns the folder written by ``save_pretrained`` (``<run_dir>/vae``)."""
-    data = MultiViewRenders.load(config.renders)
+    data = MultiViewRenders.load(config.renders or default_renders())
     train_images = all_views(data.subset("train"))
     vae = tiny_vae(config, data.config.resolution)
     trainer = Trainer(config.train, vae)
@@ -117,6 +128,8 @@ def run(config: VAEConfig, *, resume: bool = False) -> Path:
     metrics = {"eval_psnr": psnr, "scaling_factor": vae.config.scaling_factor, **last}
     (config.train.run_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "config": asdict(config)}, indent=1, default=str))
+    print(f"vae: held-out reconstruction PSNR {psnr:.2f} dB after {trainer.step} steps, "
+          f"scaling factor {vae.config.scaling_factor:.4f} ({out})")
     return out
 
 
