@@ -268,7 +268,7 @@ def test_stages_run_alone_from_an_empty_directory_and_chain(empty_dir_with_tiny_
 def test_skel_alone_uses_the_default_chain_vae(empty_dir_with_tiny_chain, capsys):
     from drpose.train.__main__ import main
 
-    work, chain = empty_dir_with_tiny_chain
+    work, _ = empty_dir_with_tiny_chain
     assert main(["skel", "--train.steps", "1", "--train.progress", "false"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("skel: held-out PCK")
     assert (work / "runs/skel/skel" / skel.POSESCORE_FILE).is_file()

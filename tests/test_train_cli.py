@@ -108,3 +108,11 @@ def test_help_shows_the_stage_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--train.lr TRAIN.LR (default: 0.01)" in text  # the reward stage's, not TrainConfig's
     assert "--train.name TRAIN.NAME (default: drpose)" in text
+
+
+def test_image_every_zero_means_no_grids_and_negative_is_refused():
+    from drpose._cli import UsageError
+
+    assert RewardConfig(image_every=0).image_every == 0  # the experiment and torchrun test use it
+    with pytest.raises(UsageError, match=r"--image_every must be an integer >= 0, got -1"):
+        RewardConfig(image_every=-1)

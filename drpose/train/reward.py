@@ -68,7 +68,7 @@ class RewardConfig:
     offload_reference: bool = False  # full fine-tuning: keep the frozen copy on the CPU
     gradient_checkpointing: bool = True
     batch_size: int = 1
-    image_every: int = 20           # write a PNG grid of a training sample every N steps
+    image_every: int = 20           # a PNG grid of a training sample every N steps (0: none)
     eval_samples: int = 8           # held-out samples for posescore_before/after
     eval_seed: int = 1234
     pipeline: str | None = None     # pipeline folder (save_pretrained / PSHuman format);
@@ -83,9 +83,9 @@ class RewardConfig:
             raise UsageError(f"--finetune must be 'lora' or 'full', got {self.finetune!r}")
         for name in ("num_steps", "trained_steps", "lora_rank", "batch_size", "image_every",
                      "eval_samples", "held_out"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name} must be an integer >= 1, got {value!r}")
+            value, least = getattr(self, name), 0 if name == "image_every" else 1  # 0: no grids
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UsageError(f"--{name} must be an integer >= {least}, got {value!r}")
 
     def check_inputs(self) -> None:
         """A :class:`UsageError` naming the flag when a given ``--pipeline``, ``--skel``,
