@@ -133,7 +133,9 @@ def test_counts_below_one_are_refused(tmp_path, field, value):
 def test_fresh_run_over_a_run_is_refused_and_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(UsageError, match="no checkpoint to continue"):
         toy_run(tmp_path, 2, resume=True)
+    assert not engine.has_checkpoint(tmp_path / "toy")
     toy_run(tmp_path, 2)
+    assert engine.has_checkpoint(tmp_path / "toy")
     before = (tmp_path / "toy/log.jsonl").read_text()
     with pytest.raises(UsageError, match=r"already holds a run.*--resume.*--train.name.*delete"):
         toy_run(tmp_path, 2)

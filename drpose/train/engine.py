@@ -160,7 +160,7 @@ class Trainer:
                 raise UsageError(f"--resume: {root} holds no checkpoint to continue; start "
                                  "without --resume")
             return True
-        if _step_folders(root) or (root / LATEST).exists():
+        if has_checkpoint(self.run_dir):
             raise UsageError(
                 f"{self.run_dir} already holds a run (checkpoints in {root}): continue it with "
                 "--resume, give this run another --train.name or --train.runs_dir, or delete "
@@ -370,6 +370,13 @@ class Trainer:
         else:
             norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         return float(norm)
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a checkpoint (what :meth:`Trainer.begin` refuses to start
+    afresh over); the cached default chain continues such an interrupted build."""
+    root = Path(run_dir) / CHECKPOINTS
+    return bool(_step_folders(root)) or (root / LATEST).exists()
 
 
 class _DamagedCheckpoint(Exception):

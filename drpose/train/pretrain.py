@@ -53,7 +53,7 @@ from drpose.pipelines.multiview import (
     MultiViewPipeline,
 )
 from drpose.train import vae as vae_stage
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
+from drpose.train.engine import StepOutput, TrainConfig, Trainer, has_checkpoint, step_generator
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -305,7 +305,8 @@ def ensure_vae(cache_dir: str | Path) -> Path:
     out = vae_config.train.run_dir / vae_stage.VAE_SUBFOLDER
     if not _is_done(out):
         ensure_renders(cache_dir)
-        out = vae_stage.run(vae_config)
+        # an interrupted build goes on from its checkpoint
+        out = vae_stage.run(vae_config, resume=has_checkpoint(vae_config.train.run_dir))
         _mark_done(out, {"stage": "vae"})
     return out
 
@@ -317,6 +318,6 @@ def ensure_default(cache_dir: str | Path) -> Path:
     out = config.train.run_dir / PIPELINE_SUBFOLDER
     if not _is_done(out):
         ensure_vae(cache_dir)
-        out = run(config)
+        out = run(config, resume=has_checkpoint(config.train.run_dir))
         _mark_done(out, {"stage": "pretrain"})
     return out

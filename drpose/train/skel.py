@@ -43,7 +43,7 @@ from drpose.render.image_metrics import image_metrics
 from drpose.reward import PoseScore
 from drpose.train import pretrain
 from drpose.train import vae as vae_stage
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
+from drpose.train.engine import StepOutput, TrainConfig, Trainer, has_checkpoint, step_generator
 
 SKEL_SUBFOLDER = "skel"
 POSESCORE_FILE = "posescore.json"
@@ -233,7 +233,7 @@ def _ensure(config: SkelConfig, cache_dir: str | Path, stage: str) -> Path:
     out = config.train.run_dir / SKEL_SUBFOLDER
     if not (out / pretrain.DONE_FILE).is_file():
         pretrain.ensure_vae(cache_dir)
-        out = run(config)
+        out = run(config, resume=has_checkpoint(config.train.run_dir))
         (out / pretrain.DONE_FILE).write_text(json.dumps({"stage": stage}))
     return out
 
