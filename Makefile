@@ -69,17 +69,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 ## make cuda-check: compile csrc/ (with CUDA sources) against the CUDA build of torch, in .venv-cuda
+## (sm_90 only, to stay fast; CUDA_HOME= another toolkit whose major version matches torch's CUDA)
 CUDA_VENV := .venv-cuda
 CUDA_STAMP := $(CUDA_VENV)/.drpose-cuda-built
+CUDA_HOME ?= /usr/local/cuda
 cuda-check: $(CUDA_STAMP)
 $(CUDA_STAMP): setup.py $(CSRC)
+	@test -x $(CUDA_HOME)/bin/nvcc || { echo "cuda-check: no nvcc at $(CUDA_HOME)/bin/nvcc; install a CUDA toolkit or pass CUDA_HOME="; exit 1; }
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q --upgrade pip setuptools wheel ninja
 	$(CUDA_VENV)/bin/pip install -q torch==2.14.1 numpy
 	rm -rf build/cuda-check
-	CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0 DRPOSE_BUILD_CUDA=1 MAX_JOBS=2 \
+	CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST=9.0 DRPOSE_BUILD_CUDA=1 MAX_JOBS=2 \
 		$(CUDA_VENV)/bin/python setup.py build_ext --build-temp build/cuda-check/tmp \
 		--build-lib build/cuda-check/lib
+	@! nm -D --undefined-only build/cuda-check/lib/drpose/_C*.so | grep -i drpose || \
+		{ echo "cuda-check: drpose._C leaves drpose symbols undefined (see above)"; exit 1; }
 	touch $(CUDA_STAMP)
 
 clean:

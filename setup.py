@@ -84,10 +84,24 @@ def extensions() -> list:
                              extra_link_args=link)]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;8.9;9.0")
     sources += sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cu"))
+    # No --use_fast_math: the CUDA kernels must compute what the CPU kernels compute from the
+    # shared csrc/*_math.h (IEEE division, no flush to zero); those headers choose their own
+    # fast paths.
     return [CUDAExtension("drpose._C", sources,
+                          include_dirs=cuda_wheel_include_dirs(),
                           define_macros=[("DRPOSE_WITH_CUDA", None)],
-                          extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+                          extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
                           extra_link_args=link)]
+
+
+def cuda_wheel_include_dirs() -> list[str]:
+    """Header folders of the NVIDIA pip wheels torch depends on (``nvidia/*/include``, e.g.
+    cusparse.h, cublas_v2.h): torch's CUDA headers include them, and a CUDA toolkit with only the
+    compiler and runtime (as /usr/local/cuda may be) lacks them."""
+    import torch
+
+    nvidia = Path(torch.__file__).parent.parent / "nvidia"
+    return sorted(str(d) for d in nvidia.glob("*/include") if (d / "cusparse.h").exists())
 
 
 def torch_rpath() -> list[str]:

@@ -12,4 +12,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rasterize_backward_cpu", &drpose::rasterize_backward_cpu);
   m.def("interpolate_forward_cpu", &drpose::interpolate_forward_cpu);
   m.def("interpolate_backward_cpu", &drpose::interpolate_backward_cpu);
+#ifdef DRPOSE_WITH_CUDA
+  m.def("pose_heatmap_loss_forward_cuda", &drpose::pose_heatmap_loss_forward_cuda);
+  m.def("pose_heatmap_loss_backward_cuda", &drpose::pose_heatmap_loss_backward_cuda);
+  m.def("pose_heatmap_loss_forward_grad_cuda", &drpose::pose_heatmap_loss_forward_grad_cuda);
+  m.def("rasterize_forward_cuda", &drpose::rasterize_forward_cuda);
+  m.def("rasterize_backward_cuda", &drpose::rasterize_backward_cuda);
+  m.def("interpolate_forward_cuda", &drpose::interpolate_forward_cuda);
+  m.def("interpolate_backward_cuda", &drpose::interpolate_backward_cuda);
+#endif
 }

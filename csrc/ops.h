@@ -40,4 +40,27 @@ std::tuple<at::Tensor, at::Tensor> interpolate_backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& rast,
                                                             const at::Tensor& tri);
 
+#ifdef DRPOSE_WITH_CUDA
+// The same entry points for CUDA tensors (csrc/pose_heatmap_loss_cuda.cu,
+// csrc/rasterize_cuda.cu).
+at::Tensor pose_heatmap_loss_forward_cuda(const at::Tensor& logits, const at::Tensor& keypoints,
+                                          const at::Tensor& weight, double sigma, int64_t loss);
+std::tuple<at::Tensor, at::Tensor> pose_heatmap_loss_backward_cuda(
+    const at::Tensor& logits, const at::Tensor& keypoints, const at::Tensor& coeff, double sigma,
+    int64_t loss, bool keypoints_grad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pose_heatmap_loss_forward_grad_cuda(
+    const at::Tensor& logits, const at::Tensor& keypoints, const at::Tensor& weight, double sigma,
+    int64_t loss, bool keypoints_grad);
+at::Tensor rasterize_forward_cuda(const at::Tensor& pos, const at::Tensor& tri, int64_t height,
+                                  int64_t width);
+at::Tensor rasterize_backward_cuda(const at::Tensor& grad_rast, const at::Tensor& pos,
+                                   const at::Tensor& tri, const at::Tensor& rast);
+at::Tensor interpolate_forward_cuda(const at::Tensor& attr, const at::Tensor& rast,
+                                    const at::Tensor& tri);
+std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& grad_out,
+                                                             const at::Tensor& attr,
+                                                             const at::Tensor& rast,
+                                                             const at::Tensor& tri);
+#endif
+
 }  // namespace drpose

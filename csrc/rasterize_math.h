@@ -34,9 +34,10 @@
 
 #include "host_device.h"
 
-#if !defined(__CUDA_ARCH__)
 #include <cmath>
 #include <cstring>
+
+#if !defined(__CUDACC__)
 // No fused multiply-add contraction in this translation unit (the build may use -march=native):
 // the forward must evaluate exactly the reference's expressions to give bit-identical coverage
 // and ids. On the device the forward uses the round-to-nearest intrinsics, which nvcc never

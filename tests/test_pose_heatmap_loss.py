@@ -369,3 +369,15 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
             pose_heatmap_loss(logits, keypoints, visible, backend="cpu")
     finally:
         _extension.load.cache_clear()
+
+
+def test_cuda_backend_needs_cuda_tensors_and_only_the_loss_has_it():
+    logits = torch.zeros(1, 1, 1, 4, 4)
+    keypoints = torch.zeros(1, 1, 1, 2)
+    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+        pose_heatmap_loss(logits, keypoints, backend="cuda")
+    from drpose.ops import row_attention
+
+    q = torch.zeros(6, 1, 4, 8)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        row_attention(q, q, q, views=6, height=2, backend="cuda")

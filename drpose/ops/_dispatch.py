@@ -2,8 +2,10 @@
 
 Backends: ``"torch"`` (the reference, anywhere), ``"cpu"`` (the C++ kernels of ``drpose._C``),
 ``"triton"`` (the kernels of ``drpose_kernels``: CUDA tensors, or CPU tensors under
-``TRITON_INTERPRET=1``). ``"auto"`` picks triton for CUDA tensors and cpu for CPU tensors, and
-falls back to torch (with one warning) when the needed piece is missing.
+``TRITON_INTERPRET=1``), and for the ops that have CUDA kernels, ``"cuda"`` (``csrc/*.cu``, when
+``drpose._C`` was built with CUDA). ``"auto"`` picks triton for CUDA tensors (then cuda where the
+op has it) and cpu for CPU tensors, and falls back to torch (with one warning) when the needed
+piece is missing.
 """
 
 from __future__ import annotations
@@ -95,16 +97,29 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(op: str, backend: str, device: torch.device) -> str:
-    """Turn ``backend`` ("auto" included) into the backend that will run on ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}(): backend must be one of {BACKENDS}, got {backend!r}")
+def check_cuda_backend(op: str, device: torch.device) -> None:
+    """Raise unless backend='cuda' can run on ``device`` (CUDA tensors, drpose._C with CUDA)."""
+    if device.type != "cuda":
+        raise ValueError(f"{op}(): backend='cuda' needs CUDA tensors, got {device}")
+    if not _extension.has_cuda():
+        raise RuntimeError(f"{op}(): {_extension.MISSING_CUDA}")
+
+
+def resolve_backend(op: str, backend: str, device: torch.device,
+                    backends: tuple[str, ...] = BACKENDS) -> str:
+    """Turn ``backend`` ("auto" included) into the backend that will run on ``device``;
+    ``backends`` are the ones ``op`` has (``"cuda"`` among them when it has CUDA kernels)."""
+    if backend not in backends:
+        raise ValueError(f"{op}(): backend must be one of {backends}, got {backend!r}")
     if backend == "auto":
         if device.type == "cuda":
             if _extension.has_triton():
                 return "triton"
-            warnings.warn(f"{op}(): triton is not installed; running the torch reference on "
-                          "CUDA (pip install triton)", RuntimeWarning, stacklevel=3)
+            if "cuda" in backends and _extension.has_cuda():
+                return "cuda"
+            warnings.warn(f"{op}(): neither triton nor drpose._C's CUDA kernels are available; "
+                          "running the torch reference on CUDA (pip install triton)",
+                          RuntimeWarning, stacklevel=3)
             return "torch"
         if device.type == "cpu" and _extension.available():
             return "cpu"
@@ -114,6 +129,8 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
             raise ValueError(f"{op}(): backend='cpu' needs CPU tensors, got {device}")
         if not _extension.available():
             raise RuntimeError(f"{op}(): {_extension.MISSING}")
+    if backend == "cuda":
+        check_cuda_backend(op, device)
     if backend == "triton":
         if not _extension.has_triton():
             raise RuntimeError(f"{op}(): backend='triton' needs triton (pip install triton)")

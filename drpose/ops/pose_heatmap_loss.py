@@ -32,6 +32,7 @@ from torch import Tensor
 
 from drpose import _extension
 from drpose.ops._dispatch import (
+    BACKENDS,
     check_output_size,
     check_same_device,
     check_size,
@@ -40,6 +41,7 @@ from drpose.ops._dispatch import (
 )
 
 OP = "pose_heatmap_loss"
+LOSS_BACKENDS = (*BACKENDS, "cuda")
 LOSSES = ("bce", "mse")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -124,7 +126,7 @@ def pose_heatmap_loss(logits: Tensor, keypoints: Tensor, visible: Tensor | None 
         sigma: Gaussian standard deviation in heatmap pixels, > 0.
         loss: ``"bce"`` or ``"mse"``.
         reduction: ``"mean"`` | ``"sum"`` over the batch, or ``"none"`` for the (B,) losses.
-        backend: ``"auto"`` | ``"torch"`` | ``"cpu"`` | ``"triton"`` (see
+        backend: ``"auto"`` | ``"torch"`` | ``"cpu"`` | ``"cuda"`` | ``"triton"`` (see
             :mod:`drpose.ops._dispatch`).
 
     Returns:
@@ -133,7 +135,7 @@ def pose_heatmap_loss(logits: Tensor, keypoints: Tensor, visible: Tensor | None 
     """
     _check_inputs(logits, keypoints, visible, sigma, loss, reduction)
     device = check_same_device(OP, logits=logits, keypoints=keypoints, visible=visible)
-    backend = resolve_backend(OP, backend, device)
+    backend = resolve_backend(OP, backend, device, LOSS_BACKENDS)
     if backend == "torch":
         return pose_heatmap_loss_reference(logits, keypoints, visible, sigma=sigma, loss=loss,
                                            reduction=reduction)
@@ -159,6 +161,15 @@ def pose_heatmap_loss(logits: Tensor, keypoints: Tensor, visible: Tensor | None 
 
 
 # ---- the op library entries --------------------------------------------------------------------
+# The C++ kernels of drpose._C (backend "cpu": pose_heatmap_loss_cpu.cpp, "cuda":
+# pose_heatmap_loss_cuda.cu, one per-pixel maths: pose_heatmap_loss_math.h) or Triton's.
+_NATIVE = ("cpu", "cuda")
+
+
+def _native(entry: str, backend: str):
+    return getattr(_extension.require(), f"pose_heatmap_loss_{entry}_{backend}")
+
+
 # drpose::pose_heatmap_map_loss (the loss only; its backward reads the logits again) and
 # drpose::pose_heatmap_map_loss_one_pass (the loss and its gradient from one read of the logits,
 # the gradient kept for the backward, which only scales it by the upstream gradient).
@@ -169,9 +180,8 @@ def _map_loss(logits: Tensor, keypoints: Tensor, weight: Tensor, sigma: float, l
               backend: str) -> Tensor:
     """out[m] = weight[m] * sum_{y,x} f(logits[m], t_m); logits (M,H,W), keypoints (M,2),
     weight (M,)."""
-    if backend == "cpu":
-        return _extension.require().pose_heatmap_loss_forward_cpu(
-            logits, keypoints, weight, sigma, LOSSES.index(loss))
+    if backend in _NATIVE:
+        return _native("forward", backend)(logits, keypoints, weight, sigma, LOSSES.index(loss))
     from drpose_kernels import pose_heatmap_loss as kernels
 
     return kernels.map_loss_forward(logits, keypoints, weight, sigma, loss)
@@ -188,9 +198,9 @@ def _map_loss_backward(grad: Tensor, logits: Tensor, keypoints: Tensor, weight: 
                        keypoints_grad: bool) -> tuple[Tensor, Tensor]:
     """Gradients of ``drpose::pose_heatmap_map_loss`` w.r.t. logits and (optionally) keypoints."""
     coeff = (grad * weight).contiguous()
-    if backend == "cpu":
-        return _extension.require().pose_heatmap_loss_backward_cpu(
-            logits, keypoints, coeff, sigma, LOSSES.index(loss), keypoints_grad)
+    if backend in _NATIVE:
+        return _native("backward", backend)(logits, keypoints, coeff, sigma, LOSSES.index(loss),
+                                            keypoints_grad)
     from drpose_kernels import pose_heatmap_loss as kernels
 
     return kernels.map_loss_backward(logits, keypoints, coeff, sigma, loss, keypoints_grad)
@@ -218,7 +228,7 @@ def _backward(ctx, grad):
 
 _map_loss.register_autograd(_backward, setup_context=_setup_context)
 
-ONE_PASS_BACKENDS = ("cpu", "triton")
+ONE_PASS_BACKENDS = ("cpu", "cuda", "triton")
 
 
 @torch.library.custom_op("drpose::pose_heatmap_map_loss_one_pass", mutates_args=())
@@ -227,9 +237,9 @@ def _map_loss_one_pass(logits: Tensor, keypoints: Tensor, weight: Tensor, sigma:
                        keypoints_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(out (M,) as ``drpose::pose_heatmap_map_loss``, weight * df/dz (M, H, W) in the logits'
     dtype, weight * df/dk (M, 2), or (0, 2) unless ``keypoints_grad``) from one read."""
-    if backend == "cpu":
-        return _extension.require().pose_heatmap_loss_forward_grad_cpu(
-            logits, keypoints, weight, sigma, LOSSES.index(loss), keypoints_grad)
+    if backend in _NATIVE:
+        return _native("forward_grad", backend)(logits, keypoints, weight, sigma,
+                                                LOSSES.index(loss), keypoints_grad)
     from drpose_kernels import pose_heatmap_loss as kernels
 
     return kernels.map_loss_forward_grad(logits, keypoints, weight, sigma, loss, keypoints_grad)

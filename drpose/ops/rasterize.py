@@ -53,6 +53,7 @@ from torch import Tensor
 
 from drpose import _extension
 from drpose.ops._dispatch import (
+    check_cuda_backend,
     check_output_size,
     check_same_device,
     check_size,
@@ -353,10 +354,7 @@ def _resolve(op: str, backend: str, allowed: tuple[str, ...], device: torch.devi
             raise RuntimeError(f"{op}(): backend='nvdiffrast' needs nvdiffrast; see the "
                                "drpose.ops.rasterize docstring for how to install it")
     if backend == "cuda":
-        if device.type != "cuda":
-            raise ValueError(f"{op}(): backend='cuda' needs CUDA tensors, got {device}")
-        if not _extension.has_cuda():
-            raise RuntimeError(f"{op}(): {_extension.MISSING_CUDA}")
+        check_cuda_backend(op, device)
     if backend == "cpu":
         _extension.require()
     if backend == "torch" and op == "rasterize" and device.type == "cuda":
