@@ -58,7 +58,7 @@ from drpose.reward import PoseScore
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
 from drpose.train import vae as vae_stage
-from drpose.train.engine import TrainConfig, Trainer
+from drpose.train.engine import TrainConfig, Trainer, has_checkpoint
 from drpose.train.reward import RewardConfig, RewardData, RewardTuner, reward_step_fn
 from drpose.train.rollout import sample
 
@@ -420,14 +420,14 @@ def run_experiment(config: ExperimentConfig, out: str | Path) -> Path:
         vc = vae_stage.VAEConfig(renders=str(renders["easy"]), train=_train(
             config, out, "vae", steps=config.vae_steps, lr=1e-3, checkpoint_every=100,
             log_every=20))
-        vae_stage.run(vc, resume=True)
+        vae_stage.run(vc, resume=has_checkpoint(vc.train.run_dir))
         return json.loads((folder / "metrics.json").read_text())
 
     stages.run("vae", vae_fn)
     vae_dir = out / "vae" / vae_stage.VAE_SUBFOLDER
     for name, sc in skel_configs(config, out, renders, vae_dir).items():
         def skel_fn(folder: Path, sc: skel_stage.SkelConfig = sc) -> dict[str, Any]:
-            skel_stage.run(sc, resume=True)
+            skel_stage.run(sc, resume=has_checkpoint(sc.train.run_dir))
             return json.loads((folder / "metrics.json").read_text())
 
         results[name] = stages.run(name, skel_fn)
@@ -476,7 +476,7 @@ def model_stage(config: ExperimentConfig, out: Path, kind: str, seed: int, judge
                          lr=config.upper_lr, seed=seed, checkpoint_every=config.curve_every,
                          log_every=5),
             renders=str(renders["hard"]), init=str(out / f"base_s{seed}" / "pipeline"))
-    pipeline = pretrain.run(pc, resume=True)
+    pipeline = pretrain.run(pc, resume=has_checkpoint(pc.train.run_dir))
     pipe = MultiViewPipeline.from_pretrained(pipeline)
     keep = config.grid_poses if seed == config.seeds[0] else 0
     return save_scores(folder, judge.score(pipe, keep_images=keep, desc=f"{folder.name} judges"))
