@@ -116,3 +116,19 @@ def test_image_every_zero_means_no_grids_and_negative_is_refused():
     assert RewardConfig(image_every=0).image_every == 0  # the experiment and torchrun test use it
     with pytest.raises(UsageError, match=r"--image_every must be an integer >= 0, got -1"):
         RewardConfig(image_every=-1)
+
+
+def test_overwrite_deletes_the_old_run_and_resume_excludes_it(tiny_renders, tiny_vae, tmp_path,
+                                                               capsys):
+    argv = ["skel", "--renders", str(tiny_renders), "--vae", str(tiny_vae),
+            "--train.runs_dir", str(tmp_path), "--train.name", "s", "--train.steps", "1",
+            "--train.progress", "false"]
+    assert main(argv) == 0
+    (tmp_path / "s" / "old.txt").write_text("from the old run")
+    capsys.readouterr()
+    assert main(argv) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--overwrite"]) == 2
+    assert "pass one" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (tmp_path / "s" / "old.txt").exists()
+    assert (tmp_path / "s" / "metrics.json").is_file()

@@ -1,4 +1,4 @@
-"""``python -m drpose.train [STAGE] [--config FILE.json] [--resume] [--FIELD VALUE ...]``
+"""``python -m drpose.train [STAGE] [--config FILE] [--resume | --overwrite] [--FIELD VALUE ...]``
 
 Stages (each a module with a ``Config`` dataclass and ``run(config, resume=...)``):
 
@@ -24,12 +24,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from drpose._cli import apply_openmp_wait_policy, command
+from drpose._cli import UsageError, apply_openmp_wait_policy, command
 
 if __name__ == "__main__":  # decided before torch loads OpenMP; a policy the user set is kept
     apply_openmp_wait_policy()
 
-from drpose.train import cli  # torch loads after the environment is set
+from drpose.train import cli, engine  # torch loads after the environment is set
 
 STAGES = {
     "reward": "drpose.train.reward",
@@ -52,12 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="JSON file with config values (flags override it)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in runs/<name> from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in runs/<name> first, and start afresh")
     cli.add_arguments(parser, module.Config)
     args = parser.parse_args(argv)
     options = vars(args)
     config_file = options.pop("config")
     resume = options.pop("resume")
+    overwrite = options.pop("overwrite")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run, --overwrite deletes it: pass one")
     config = cli.build(module.Config, args, config_file)
+    if overwrite:
+        engine.clear_run(config.train.run_dir)
     module.run(config, resume=resume)
     return 0
 

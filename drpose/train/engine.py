@@ -163,23 +163,14 @@ class Trainer:
         if has_checkpoint(self.run_dir):
             raise UsageError(
                 f"{self.run_dir} already holds a run (checkpoints in {root}): continue it with "
-                "--resume, give this run another --train.name or --train.runs_dir, or delete "
-                "the folder")
+                "--resume, give this run another --train.name or --train.runs_dir, or pass "
+                "--overwrite to delete the old one")
         return False
 
     def _acquire_lock(self) -> None:
         if not self.accelerator.is_main_process or self._lock is not None:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(self.run_dir / LOCK, "a")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise UsageError(f"{self.run_dir} is in use by another run (locked: "
-                             f"{self.run_dir / LOCK}); wait for it to end or use another "
-                             "--train.name") from None
-        self._lock = lock
+        self._lock = _lock_folder(self.run_dir)
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -370,6 +361,30 @@ class Trainer:
         else:
             norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         return float(norm)
+
+
+def _lock_folder(folder: Path) -> Any:
+    """An open file holding an exclusive ``flock`` on ``folder/.lock`` (closing it releases
+    the lock); a :class:`UsageError` naming the folder when another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / LOCK, "a")  # noqa: SIM115 (held by the caller)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UsageError(f"{folder} is in use by another run (locked: {folder / LOCK}); wait "
+                         "for it to end or use another --train.name") from None
+    return lock
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete everything in ``run_dir`` (``--overwrite``), under its lock: a
+    :class:`UsageError` when a run is using the folder."""
+    run_dir = Path(run_dir)
+    with _lock_folder(run_dir):
+        for path in run_dir.iterdir():
+            if path.name != LOCK:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
