@@ -616,9 +616,12 @@ def write_report(config: ExperimentConfig, out: Path, results: dict, held: Multi
                              *[f"{row[c]:.6g}" for m in METRICS for c in (m, f"{m}_std")]])
     plot_curves(config, models, out / "curves.png")
     save_grid(out, held, config.grid_poses)
+    stage_seconds = {f.parent.name: json.loads(f.read_text()).get("seconds", math.nan)
+                     for f in sorted(out.glob(f"*/{DONE_FILE}"))}
     lines = ["# DrPose in miniature: held-out hard poses, judged by what the reward never sees",
-             "", f"Wall time of this call: {results['wall_s']:.0f} s (stages reused from earlier "
-             "calls count 0). Config: `config.json`.", "", "## Poses", "",
+             "", f"Wall time of this call: {results['wall_s']:.0f} s; all stages, summed over "
+             f"the calls that ran them: {sum(stage_seconds.values()):.0f} s. Config: "
+             "`config.json`.", "", "## Poses", "",
              f"Clips: {', '.join(Path(c).name for c in results['poses']['clips'])} "
              f"({sum(results['poses']['frames'])} frames). Difficulty = mean distance of "
              "SMPL-X joints 1-21 from the rest pose, pelvis-relative, heading-aligned (m); easy "
@@ -636,6 +639,12 @@ def write_report(config: ExperimentConfig, out: Path, results: dict, held: Multi
         lines.append(f"| {pool} | {users[pool]} | {info['poses']} | {info['difficulty_m']:.3f} "
                      f"[{info['difficulty_min_m']:.3f}, {info['difficulty_max_m']:.3f}] | "
                      f"{info['joint_std_m']:.4f} |")
+    lines += ["", "The two g_skels on their own pools' held-out renders (the skel stage's "
+              "metrics): " + "; ".join(
+                  f"{name.removeprefix('skel_')}: channels {results[name]['config']['channels']}"
+                  f", seed {results[name]['config']['train']['seed']}, PCK@0.1 "
+                  f"{results[name]['pck']:.2f}, pair accuracy {results[name]['pair_accuracy']:.2f}"
+                  for name in ("skel_reward", "skel_judge")) + "."]
     truth = results["truth"]["mean"]
     lines += ["", "## Results", "",
               f"{len(held)} held-out hard poses, one rollout each ({config.num_steps} DDIM "
@@ -684,8 +693,5 @@ def write_report(config: ExperimentConfig, out: Path, results: dict, held: Multi
               "normals, base colours, DrPose normals, DrPose colours (first seed); the first "
               "column of the first row is the input image.", "",
               "| stage | seconds |", "|---|---|"]
-    for folder in sorted(out.glob(f"*/{DONE_FILE}")):
-        seconds = json.loads(folder.read_text()).get("seconds")
-        if seconds is not None:
-            lines.append(f"| {folder.parent.name} | {seconds:.0f} |")
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in stage_seconds.items()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
