@@ -489,9 +489,9 @@ class MultiViewPipeline:
                 root, subfolder="image_noising_scheduler", **local
             ),
             scheduler=scheduler,
-            prompt_embeds=prompt_embeds,
+            prompt_embeds=prompt_embeds.to(dtype),
         )
-        return pipe.to(dtype=dtype)
+        return pipe
 
     def save_pretrained(self, local_dir: str | Path) -> None:
         """Write every component in the layout :meth:`from_pretrained` reads (safetensors)."""
