@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from drpose.eval import judges
 from drpose.eval.pose_split import SplitConfig, clip_windows, pose_difficulty, split_poses
+from drpose.reward import judges
 
 
 def _walk(rows: int, clips: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

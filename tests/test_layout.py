@@ -40,6 +40,12 @@ def _importers(source: str, target: str) -> list[str]:
                   and any(inside(name, target) for name in names))
 
 
+# The experiment (python -m drpose.eval experiment) trains the models it then judges: the one
+# place that stands above both training and evaluation. Nothing else in drpose.eval imports
+# drpose.train; its judges live below both (drpose/reward/judges.py).
+ABOVE_BOTH = ("drpose.eval.experiment", "drpose.eval.__main__")
+
+
 @pytest.mark.parametrize(("source", "target"), [
     ("drpose.motion", "drpose.data"),  # data builds on motion, never the reverse
     ("drpose.infer", "drpose.train"),  # inference needs no training defaults
@@ -48,7 +54,7 @@ def _importers(source: str, target: str) -> list[str]:
     ("drpose.render", "drpose.data"),
 ])
 def test_room_does_not_import(source, target):
-    assert _importers(source, target) == []
+    assert [m for m in _importers(source, target) if m not in ABOVE_BOTH] == []
 
 
 def test_motion_and_data_modules_form_no_import_cycle():

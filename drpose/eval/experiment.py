@@ -17,7 +17,7 @@ The paper's structure with what is free here (real motion only; :mod:`drpose.eva
   (d) ablations of (b): ``no_kl`` (w_KL = 0), ``k1`` (K = 1), ``full`` (full fine-tuning). (a)-(c)
   for every seed of ``seeds``, (d) for ``ablation_seeds``; (b) and (c) fine-tune on the same
   5/6 of the hard pool (the renders' ``train`` split) for the same number of steps;
-* judges the reward never sees (:mod:`drpose.eval.judges`): silhouette IoU per view, mean
+* judges the reward never sees (:mod:`drpose.reward.judges`): silhouette IoU per view, mean
   angular error of normals in the union of the masks, colour PSNR / SSIM, the judge g_skel's
   PoseScore; the reward's own PoseScore next to them;
 * statistics: mean +- std over seeds, per-pose paired sign tests against the base model,
@@ -48,13 +48,12 @@ import torch
 
 from drpose._progress import progress
 from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
-from drpose.eval import judges
 from drpose.eval.pose_split import POOLS, PoseSplit, SplitConfig, pool_summary, split_poses
 from drpose.motion.select import pose_features
 from drpose.motion.sequence import PoseSequence, concatenate
 from drpose.pipelines.default import DONE_FILE
 from drpose.pipelines.multiview import MultiViewPipeline
-from drpose.reward import PoseScore
+from drpose.reward import PoseScore, judges
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
 from drpose.train import vae as vae_stage

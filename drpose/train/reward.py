@@ -33,13 +33,13 @@ from drpose._files import make_readable, save_safetensors
 from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
 from drpose.data.multiview import MultiViewRenders
-from drpose.eval.judges import judge_rollout
 from drpose.pipelines.default import default_chain_dir
 from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
 from drpose.render import cameras
 from drpose.render.conditions import save_view_grid
 from drpose.render.draw import draw_skeletons
 from drpose.reward import PoseScore, latents_from_rows
+from drpose.reward.judges import judge_rollout
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
 from drpose.train.engine import StepOutput, TrainConfig, Trainer, seed_everything, step_generator
@@ -325,7 +325,7 @@ def default_view_judge(pipe: MultiViewPipeline, held: MultiViewRenders,
                        judge: PoseScore) -> ViewJudge:
     """Judges the reward never sees, of held-out sample ``index``'s rollout against its true
     renders ``held[index]``: silhouette IoU, normal error, colour PSNR / SSIM
-    (:mod:`drpose.eval.judges`) and ``judge_posescore``, the PoseScore of a second g_skel."""
+    (:mod:`drpose.reward.judges`) and ``judge_posescore``, the PoseScore of a second g_skel."""
     joints = held.normalized_joints()
 
     def view_judge(index: int, x0: Tensor) -> dict[str, float]:
