@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from drpose._devices import resolve_device
 from drpose._progress import progress
 from drpose.body import load_smplx
 from drpose.pipelines import MultiViewPipeline
@@ -159,10 +160,11 @@ def _module_suffix(name: str) -> str:
 
 
 def load_pipeline(pipeline: str | Path | None, lora_dir: str | Path | None, *,
-                  seed: int = 0) -> MultiViewPipeline:
-    """The multi-view pipeline, on the GPU when there is one (reconstruction itself runs on the
-    CPU). ``pipeline``: a local folder; ``"default"``: the project's default pretrained one
-    (FileNotFoundError when ``python -m drpose.train`` has not built it); ``"tiny"``:
+                  seed: int = 0, device: str | None = None) -> MultiViewPipeline:
+    """The multi-view pipeline on ``device`` (:func:`drpose._devices.resolve_device`: None is
+    the GPU when there is one; reconstruction itself runs on the CPU). ``pipeline``: a local
+    folder; ``"default"``: the project's default pretrained one (FileNotFoundError when
+    ``python -m drpose.train`` has not built it); ``"tiny"``:
     random-init tiny components (``seed``); None: the default one when built, else the tiny
     one with a warning. ``lora_dir``: adapters of a training run (:func:`load_lora`)."""
     if pipeline is None:
@@ -182,7 +184,7 @@ def load_pipeline(pipeline: str | Path | None, lora_dir: str | Path | None, *,
             else MultiViewPipeline.from_pretrained(pipeline))
     if lora_dir is not None:
         load_lora(pipe, lora_dir)
-    return pipe.to("cuda") if torch.cuda.is_available() else pipe
+    return pipe.to(resolve_device(device))
 
 
 @torch.no_grad()
@@ -192,7 +194,7 @@ def generate_views(pipe: MultiViewPipeline, image: np.ndarray, mask: np.ndarray,
     """Frame the person (:func:`frame_person`, at the pipeline's image side) and generate the
     views. image: (H, W, 3) float in [0, 1]; mask: (H, W) bool. Returns the pipeline output
     (one object) and the framed (S, S, 3) image and (S, S) mask."""
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    side = pipe.image_side
     framed, framed_mask = frame_person(image, mask, side)
     batch = torch.from_numpy(framed).permute(2, 0, 1)[None].to(pipe.device, pipe.dtype)
     generator = torch.Generator(pipe.device).manual_seed(seed)
@@ -239,6 +241,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fit-iters", type=int, default=defaults.fit.iterations)
     parser.add_argument("--carve-iters", type=int, default=defaults.carve.iterations)
     parser.add_argument("--poisson-depth", type=int, default=defaults.poisson_depth)
+    parser.add_argument("--device", help="where the views are generated: cpu, cuda, cuda:1, "
+                        "... (default: CUDA when there is a GPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -289,7 +293,7 @@ def infer_image(args: argparse.Namespace) -> dict[str, float]:
     stages.update()
 
     with timed(seconds, "generation"):
-        pipe = load_pipeline(args.pipeline, args.lora)
+        pipe = load_pipeline(args.pipeline, args.lora, device=args.device)
         output, framed, framed_mask = generate_views(pipe, rgb, mask, steps=args.steps,
                                                      guidance=args.guidance, seed=args.seed)
         save_grid(output, args.out / "views.png")

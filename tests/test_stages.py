@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from drpose.data.multiview import MultiViewRenders
+from drpose.models.fingerprint import weights_fingerprint
 from drpose.pipelines.multiview import MultiViewPipeline
 from drpose.reward import PoseScore, latents_from_rows
 from drpose.train import pretrain, skel
@@ -97,6 +98,8 @@ def test_skel_stage_metrics_and_posescore(tiny_skel, tiny_renders):
     assert 0 <= metrics["ssim"] <= 1 and 0 <= metrics["pck"] <= 1
     reward = skel.load_posescore(folder)
     assert isinstance(reward, PoseScore) and reward.sigma == 1.5
+    recorded = json.loads((folder / skel.POSESCORE_FILE).read_text())["vae_fingerprint"]
+    assert recorded == weights_fingerprint(load_vae(tiny_renders.parent / "vae" / "vae"))
     data = MultiViewRenders.load(tiny_renders)
     latents = skel.view_latents(load_vae(tiny_renders.parent / "vae" / "vae"), data.subset("eval"))
     score = reward(latents[:2], data.subset("eval").joints[:2],
@@ -215,6 +218,30 @@ def test_reward_run_reports_judges_against_the_true_views(tiny_renders, tiny_vae
     assert len(judged) == 1
     line = capsys.readouterr().out
     assert "judge PoseScore" in line and "silhouette IoU" in line
+
+
+def test_reward_run_refuses_a_g_skel_of_another_vae_and_renders_of_another_side(
+        tiny_renders, tiny_vae, tiny_skel, tmp_path, monkeypatch):
+    """Checked before any training: the pipeline's VAE is not the one g_skel learned from; with
+    g_skel's VAE, the tiny UNet (16 px latents) x the tiny VAE (factor 4) makes 64 px images,
+    and the 32 px renders do not fit."""
+    from drpose._cli import UsageError
+    from drpose.train import reward as reward_stage
+
+    monkeypatch.setattr(pretrain, "ensure_renders", lambda cache: tiny_renders)
+    pipe = MultiViewPipeline.tiny(seed=3)
+    pipe.save_pretrained(tmp_path / "pipe")
+    config = reward_stage.RewardConfig(train=tiny_train("refused", tmp_path, 1),
+                                       pipeline=str(tmp_path / "pipe"), skel=str(tiny_skel[0]),
+                                       cache_dir=str(tmp_path))
+    with pytest.raises(UsageError, match=r"learned from the latents of another VAE"):
+        reward_stage.run(config)
+    pipe.vae = load_vae(tiny_vae)
+    pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(UsageError, match=r"renders .*: 32 px images, but pipeline .* "
+                                         r"generates 64 px"):
+        reward_stage.run(config)
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.fixture

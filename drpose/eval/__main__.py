@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--fit-iterations", type=int, help="SMPL-X fit steps (recon default)")
     run.add_argument("--carve-iterations", type=int, help="carving steps (recon default)")
     run.add_argument("--recon-resolution", type=int, help="carving view side (recon default)")
+    run.add_argument("--device", help="where the views are generated: cpu, cuda, cuda:1, ... "
+                     "(default: CUDA when there is a GPU)")
     for sub in (build, run):
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
     experiment = commands.add_parser("experiment", help="DrPose's experiment in miniature "
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"model names must differ, got {names}; use NAME=PIPELINE")
     config = benchmark.RunConfig(align=args.align, steps=args.steps, guidance=args.guidance,
-                                 n_points=args.points, normal_size=args.normal_size)
+                                 n_points=args.points, normal_size=args.normal_size,
+                                 device=args.device)
     benchmark.load_manifest(args.bench)
     recon = recon_config(args)
     models = {m.name: benchmark.pipeline_reconstructor(m, config, recon) for m in args.model}

@@ -299,7 +299,8 @@ class RunConfig:
     metres with the case's front-view normalisation, which the input image determines up to
     depth); n_points: surface samples; normal_size: normal image side; worst: cases shown in
     ``worst_cases.png``; steps, guidance: DDIM steps and CFG scale (PSHuman: 40, 3); seed: of
-    the generation noise and the surface sampling."""
+    the generation noise and the surface sampling; device: where the pipelines generate (None:
+    CUDA when there is a GPU, else the CPU)."""
 
     align: str = "bbox"
     n_points: int = 100_000
@@ -308,6 +309,7 @@ class RunConfig:
     steps: int = 40
     guidance: float = 3.0
     seed: int = 0
+    device: str | None = None
 
 
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -530,7 +532,7 @@ def pipeline_reconstructor(spec: ModelSpec, config: RunConfig = RunConfig(),
     from drpose.infer import generate_views, load_pipeline, reconstruct_views
     from drpose.recon import ReconConfig
 
-    pipe = load_pipeline(spec.pipeline, spec.lora, seed=config.seed)
+    pipe = load_pipeline(spec.pipeline, spec.lora, seed=config.seed, device=config.device)
     body = load_smplx()
     recon = recon or ReconConfig()
 

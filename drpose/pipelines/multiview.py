@@ -53,6 +53,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from drpose._devices import randn
 from drpose._files import make_readable
 from drpose.models import MultiViewUNet, configs
 from drpose.models.mv_unet import as_dtype
@@ -183,6 +184,11 @@ class MultiViewPipeline:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def image_side(self) -> int:
+        """Side (pixels) of the square images it takes and generates."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
     def device(self) -> torch.device:
         return self.unet.device
 
@@ -242,7 +248,7 @@ class MultiViewPipeline:
     ) -> Tensor:
         """unCLIP noise augmentation: ``(M, E) -> (M, 2E)`` = noised embedding | level embedding."""
         levels = torch.full((embeds.shape[0],), noise_level, device=embeds.device)
-        noise = torch.randn(embeds.shape, generator=generator, device="cpu").to(embeds)
+        noise = randn(embeds.shape, generator, embeds.device, embeds.dtype)
         scaled = self.image_normalizer.scale(embeds)
         noised = self.image_noising_scheduler.add_noise(scaled, noise=noise, timesteps=levels)
         embedded_level = get_timestep_embedding(
@@ -267,7 +273,7 @@ class MultiViewPipeline:
                 SMPL-X condition map of each view (``drpose.render``); with V_body maps the face
                 view gets the face crop of view 0's map.
             noise_level: unCLIP noise-augmentation level of the image embedding (PSHuman: 0).
-            generator: for the embedding noise (a CPU generator).
+            generator: for the embedding noise (on any device: :func:`drpose._devices.randn`).
 
         Call it under ``torch.no_grad()`` when training: nothing here is trained.
         """
@@ -319,8 +325,8 @@ class MultiViewPipeline:
     ) -> Tensor:
         """Initial noise ``(2*B*V, 4, h, w)``, rows [normal | colour] (independent noise)."""
         shape = (2 * cond.rows, self.unet.config.out_channels, *cond.image_latents.shape[-2:])
-        noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
-        return (noise * self.scheduler.init_noise_sigma).to(self.device, self.unet.dtype)
+        noise = randn(shape, generator, self.device) * self.scheduler.init_noise_sigma
+        return noise.to(self.unet.dtype)
 
     def unet_step(
         self, latents: Tensor, t: Tensor | int, cond: MultiViewCondition, guidance_scale: float

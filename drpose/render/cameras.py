@@ -104,6 +104,10 @@ class BodyNormalization:
         """(B, N, 3) world points -> (B, N, 3) normalised points."""
         return (points - self.center[:, None]) * self.scale[:, None, None]
 
+    def to(self, device: torch.device | str) -> BodyNormalization:
+        """This normalisation with its tensors on ``device``."""
+        return BodyNormalization(self.center.to(device), self.scale.to(device))
+
     def matrix(self) -> torch.Tensor:
         """(B, 4, 4) homogeneous matrix of :meth:`apply`."""
         b = self.center.shape[0]

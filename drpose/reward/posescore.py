@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from drpose._devices import require_device
 from drpose.models.skeleton import SkeletonNet
 from drpose.ops import pose_heatmap_loss, render_heatmaps
 from drpose.render import cameras
@@ -109,8 +110,9 @@ class PoseScore(nn.Module):
         if latents.dim() != 5 or latents.shape[1] != len(self.views):
             raise ValueError(f"latents must be (B, V={len(self.views)}, C, h, w), got "
                              f"{tuple(latents.shape)}")
-        dtype = next(self.skel_net.parameters()).dtype
-        flat = self.skel_net(latents.flatten(0, 1).to(dtype))
+        weight = next(self.skel_net.parameters())
+        require_device(weight.device, "g_skel", latents=latents)
+        flat = self.skel_net(latents.flatten(0, 1).to(weight.dtype))
         return flat.unflatten(0, latents.shape[:2])
 
     def forward(self, latents: Tensor, joints: Tensor,
@@ -121,6 +123,7 @@ class PoseScore(nn.Module):
         if joints.dim() != 3 or joints.shape[0] != latents.shape[0] or joints.shape[-1] != 3:
             raise ValueError(f"joints must be (B={latents.shape[0]}, J, 3), got "
                              f"{tuple(joints.shape)}")
+        require_device(latents.device, "latents", joints=joints)
         logits = self.logits(latents)
         size = tuple(logits.shape[-2:])
         keypoints, visible = self.targets(joints.to(logits.dtype), size, normalization)

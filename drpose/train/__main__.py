@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="continue the run in runs/<name> from its latest checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the run already in runs/<name> first, and start afresh")
+    parser.add_argument("--device", dest="train.device", default=argparse.SUPPRESS,
+                        help="cpu, cuda, cuda:1, ... (= --train.device; default: CUDA when "
+                        "there is a GPU)")
     cli.add_arguments(parser, module.Config)
     args = parser.parse_args(argv)
     options = vars(args)

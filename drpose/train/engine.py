@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from drpose._cli import UsageError
+from drpose._devices import require_device, resolve_device, same_device
 from drpose._files import save_safetensors
 from drpose._progress import progress
 
@@ -67,6 +68,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (GPUs)
+    device: str | None = None  # "cpu", "cuda", "cuda:1", ...; None: CUDA when there is a GPU
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -88,6 +90,10 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    def resolve_device(self) -> torch.device:
+        """The run's device (:func:`drpose._devices.resolve_device` of ``device``)."""
+        return resolve_device(self.device, "--train.device")
+
 
 @dataclass
 class StepOutput:
@@ -101,6 +107,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def stage_device(config: TrainConfig) -> torch.device:
+    """Where a stage puts its models, batches and draws: ``config.device`` when given, else this
+    process's device as accelerate assigns it (its own GPU under torchrun, the CPU without a
+    GPU). What :class:`Trainer` uses, so a stage may resolve it before building the trainer."""
+    if config.device is not None:
+        return config.resolve_device()
+    return PartialState(cpu=not torch.cuda.is_available()).device
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -117,7 +132,11 @@ class Trainer:
         model: the module holding every trainable parameter (it is what accelerate wraps).
         parameters: the parameters to optimise (``requires_grad`` ones of ``model`` if None).
         optimizer: built from ``parameters`` with AdamW when None.
-        accelerator: an existing ``Accelerator`` (one is created when None).
+        accelerator: an existing ``Accelerator`` (one is created when None, on
+            ``config.device``).
+
+    ``device``: :func:`stage_device`, where the stage puts its models and batches; ``model``
+    must be there already (a ValueError naming both devices otherwise).
     """
 
     def __init__(self, config: TrainConfig, model: nn.Module,
@@ -125,11 +144,19 @@ class Trainer:
                  optimizer: torch.optim.Optimizer | None = None,
                  accelerator: Accelerator | None = None) -> None:
         self.config = config
+        self.device = stage_device(config)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # accelerate's device in a single process
         self.accelerator = accelerator or Accelerator(
             gradient_accumulation_steps=config.grad_accum,
-            mixed_precision=config.mixed_precision if torch.cuda.is_available() else "no",
-            cpu=not torch.cuda.is_available(),
+            mixed_precision=config.mixed_precision if self.device.type == "cuda" else "no",
+            cpu=self.device.type == "cpu",
         )
+        if not same_device(self.device, self.accelerator.device):
+            raise UsageError(f"--train.device {config.device}: under torchrun each process uses "
+                             f"its own device ({self.accelerator.device} here); leave "
+                             "--train.device out")
+        require_device(self.device, model=model)  # the stage moves its model first
         params = [p for p in (parameters or model.parameters()) if p.requires_grad]
         if not params:
             raise ValueError("Trainer: nothing to train (no parameter requires grad)")

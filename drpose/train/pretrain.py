@@ -38,6 +38,7 @@ from diffusers.training_utils import EMAModel
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from drpose._devices import randn
 from drpose.data.multiview import MultiViewRenders, RenderConfig
 from drpose.models import MultiViewUNet
 from drpose.pipelines.default import (
@@ -53,7 +54,14 @@ from drpose.pipelines.multiview import (
     MultiViewPipeline,
 )
 from drpose.train import vae as vae_stage
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, has_checkpoint, step_generator
+from drpose.train.engine import (
+    StepOutput,
+    TrainConfig,
+    Trainer,
+    has_checkpoint,
+    stage_device,
+    step_generator,
+)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -181,7 +189,7 @@ def diffusion_loss(pipe: MultiViewPipeline, cond: MultiViewCondition, x0: Tensor
     t_rows = t[None, :, None].expand(2, objects, views).flatten()
     keep = torch.rand(objects, generator=generator) >= condition_dropout
     cond = drop_conditions(cond, keep[:, None].expand(objects, views).flatten())
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    noise = randn(x0.shape, generator, x0.device, x0.dtype)
     noisy = scheduler.add_noise(x0, noise, t_rows)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(x0, noise, t_rows)
@@ -217,16 +225,12 @@ def run(config: PretrainConfig, *, resume: bool = False) -> Path:
                              config.train.seed)
     for module in (pipe.vae, pipe.image_encoder, pipe.image_normalizer):
         module.requires_grad_(False)
+    device = stage_device(config.train)
+    pipe.to(device)
     unet = pipe.unet.train().requires_grad_(True)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay) if config.ema_decay else None
     trainer = Trainer(config.train, unet)
     trainer.begin(resume)
-    device = trainer.accelerator.device
-    if device != pipe.device:  # only when needed: MultiViewPipeline.to passes device= to the
-        # unCLIP normalizer, whose .to() takes torch_device= (reported to the pipeline owner)
-        pipe.to(device)
-    if ema is not None:
-        ema.to(device)
     train = encode_renders(pipe, data.subset("train"))
     held = encode_renders(pipe, data.subset("eval"))
     count = train.targets.shape[0]

@@ -29,6 +29,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from drpose._cli import UsageError
+from drpose._devices import devices_of, require_device
 from drpose._files import make_readable, save_safetensors
 from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
@@ -42,7 +43,14 @@ from drpose.reward import PoseScore, latents_from_rows
 from drpose.reward.judges import judge_rollout
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, seed_everything, step_generator
+from drpose.train.engine import (
+    StepOutput,
+    TrainConfig,
+    Trainer,
+    seed_everything,
+    stage_device,
+    step_generator,
+)
 from drpose.train.rollout import ModelStep, plan_rollout, rollout, sample
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -114,8 +122,10 @@ class RewardData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.images[indices], self.joints[indices]
+    def batch(self, indices: Tensor, device: torch.device | str = "cpu"
+              ) -> tuple[Tensor, Tensor]:
+        """(images, joints) of ``indices``, on ``device``."""
+        return self.images[indices].to(device), self.joints[indices].to(device)
 
 
 @dataclass
@@ -132,6 +142,10 @@ class RewardTuner:
         self.config = config
         self.pipe = pipe
         self.reward = reward
+        self.device = pipe.device
+        require_device(self.device, "the pipeline's UNet", vae=pipe.vae,
+                       image_encoder=pipe.image_encoder, image_normalizer=pipe.image_normalizer,
+                       prompt_embeds=pipe.prompt_embeds, g_skel=reward)
         unet = pipe.unet
         unet.requires_grad_(False)
         for module in (pipe.vae, pipe.image_encoder):
@@ -195,7 +209,7 @@ class RewardTuner:
         """Grid of full rollouts for the first ``count`` held-out samples (fixed noise)."""
         count = min(count, len(data))
         generator = torch.Generator().manual_seed(self.config.eval_seed)
-        images, joints = data.batch(torch.arange(count))
+        images, joints = data.batch(torch.arange(count), self.device)
         cond = self.encode(images, generator)
         x0 = sample(self.pipe, cond, num_steps=self.config.num_steps,
                     guidance_scale=self.config.guidance_scale, eta=0.0, generator=generator)
@@ -230,7 +244,7 @@ class RewardTuner:
         with context:
             for index in range(len(data)):
                 generator = torch.Generator().manual_seed(config.eval_seed + index)
-                images, joints = data.batch(torch.tensor([index]))
+                images, joints = data.batch(torch.tensor([index]), self.device)
                 cond = self.encode(images, generator)
                 x0 = sample(self.pipe, cond, num_steps=config.num_steps,
                             guidance_scale=config.guidance_scale, eta=0.0, generator=generator)
@@ -256,9 +270,22 @@ def rendered_posescore(pipe: MultiViewPipeline, reward: PoseScore, held: MultiVi
     generated exactly the right pose would score, the scale against which ``posescore_before``
     -> ``posescore_after`` is read (metrics.json: ``posescore_true_views``)."""
     keep = slice(0, eval_samples)
-    latents = skel_stage.view_latents(pipe.vae, held, index=keep)
+    latents = skel_stage.view_latents(pipe.vae, held, index=keep).to(pipe.device)
     body = pipe.unet.config.num_body_views
-    return float(reward(latents[:, :body], held.normalized_joints(keep)).mean())
+    joints = held.normalized_joints(keep).to(pipe.device)
+    return float(reward(latents[:, :body], joints).mean())
+
+
+def check_image_side(side: int, pipe: MultiViewPipeline, pipeline: str | Path, source: str
+                     ) -> None:
+    """A :class:`UsageError` when ``source``'s images are not ``side`` = the pipeline's image
+    side (a pipeline conditioned on another size generates nonsense, and a larger one costs
+    hours per step)."""
+    if side != pipe.image_side:
+        raise UsageError(
+            f"{source}: {side} px images, but pipeline {pipeline} generates "
+            f"{pipe.image_side} px: give --data a DrPose15K folder built at its side "
+            f"(python -m drpose.data build ... --resolution {pipe.image_side})")
 
 
 def drpose15k_data(folder: str | Path, held_out: int, eval_samples: int
@@ -311,7 +338,7 @@ def reward_step_fn(tuner: RewardTuner, train_data: RewardData, rank: int = 0,
     def step(index: int) -> StepOutput:
         generator = step_generator(config.train.seed, index, rank)
         picks = torch.randint(len(train_data), (config.batch_size,), generator=generator)
-        images, joints = train_data.batch(picks)
+        images, joints = train_data.batch(picks, tuner.device)
         out = tuner.loss(images, joints, generator)
         if grid_dir is not None and every and index % every == 0:
             save_grid(tuner.pipe, tuner.reward, out.x0, joints,
@@ -330,8 +357,9 @@ def default_view_judge(pipe: MultiViewPipeline, held: MultiViewRenders,
 
     def view_judge(index: int, x0: Tensor) -> dict[str, float]:
         normals, colours = held.views(index)
-        truth = (normals, colours, held.masks[index, :, 0].bool())
-        scores, _ = judge_rollout(pipe, x0, truth, joints[index:index + 1], {"judge": judge})
+        truth = tuple(t.to(x0.device) for t in (normals, colours, held.masks[index, :, 0].bool()))
+        scores, _ = judge_rollout(pipe, x0, truth, joints[index:index + 1].to(x0.device),
+                                  {"judge": judge})
         scores.pop("iou_views")
         return scores
 
@@ -358,6 +386,9 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     the reward never sees, before and after (``<name>_before``, ``<name>_after`` and their
     ``_each`` lists in ``metrics.json``).
     """
+    device = stage_device(config.train)
+    pipe.to(device)
+    reward.to(device)
     tuner = RewardTuner(config, pipe, reward)
     trainer = Trainer(config.train, pipe.unet, tuner.parameters)
     run_dir = config.train.run_dir
@@ -365,6 +396,9 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if resumed and metrics_path.is_file() else {}
     main = trainer.accelerator.is_main_process
+    metrics["devices"] = module_devices(unet=pipe.unet, vae=pipe.vae,
+                                        image_encoder=pipe.image_encoder, g_skel=reward,
+                                        reference=tuner.frozen_unet)
     if "posescore_before" not in metrics:
         _add_evaluation(metrics, "before",
                         *tuner.evaluate_judged(eval_data, reference=True, judge=judge))
@@ -405,19 +439,26 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
     started = time.perf_counter()
     pipeline_dir = config.pipeline or pretrain.ensure_default(cache)
     skel_dir = config.skel or skel_stage.ensure_default(cache)
+    pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
+    skel_stage.check_vae(skel_dir, pipe.vae, pipeline_dir)
     renders = None
     if config.data is None:
-        renders = MultiViewRenders.load(pretrain.ensure_renders(cache))
+        renders_dir = pretrain.ensure_renders(cache)
+        renders = MultiViewRenders.load(renders_dir)
+        check_image_side(renders.config.resolution, pipe, pipeline_dir,
+                         f"the default renders {renders_dir}")
         train_data, eval_data = default_data(renders, config.eval_samples)
     else:
+        check_image_side(DrPoseDataset(config.data)[0]["image"].shape[-1], pipe, pipeline_dir,
+                         f"--data {config.data}")
         train_data, eval_data = drpose15k_data(config.data, config.held_out, config.eval_samples)
     setup_s = time.perf_counter() - started
-    pipe = MultiViewPipeline.from_pretrained(pipeline_dir)
     reward = skel_stage.load_posescore(skel_dir)
     judge = judge_score = None
     if renders is not None and config.pipeline is None:  # judges on the true views (a judge
         # g_skel of the default chain reads the default VAE's latents)
         judge_score = skel_stage.load_posescore(skel_stage.ensure_judge(cache))
+        judge_score.to(stage_device(config.train))
         judge = default_view_judge(pipe, renders.subset("eval"), judge_score)
     metrics = train_reward(config, pipe, reward, train_data, eval_data, resume=resume,
                            judge=judge)
@@ -449,6 +490,12 @@ def run(config: RewardConfig, *, resume: bool = False) -> dict[str, float]:
           f"{metrics['posescore_before']:.4f} -> after {metrics['posescore_after']:.4f}"
           f"{scale}, better on {metrics['improved']} of {len(eval_data)}{judges} ({path})")
     return metrics
+
+
+def module_devices(**modules: nn.Module | None) -> dict[str, str]:
+    """Where each named module's tensors are (``metrics.json``: ``devices``); None skipped."""
+    return {name: ", ".join(map(str, devices_of(module)))
+            for name, module in modules.items() if module is not None}
 
 
 def _write_json(path: Path, payload: dict) -> None:

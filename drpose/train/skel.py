@@ -21,29 +21,42 @@ Evaluation on the held-out poses (written to ``<run_dir>/metrics.json``):
   PoseScore(latents_i, joints_i) > PoseScore(latents_i, joints_j).
 
 The folder ``<run_dir>/skel`` holds the network (``save_pretrained``) and ``posescore.json``
-(sigma, views) for :func:`load_posescore`.
+(sigma, views, and the VAE it learned from: folder and
+:func:`~drpose.models.fingerprint.weights_fingerprint`) for :func:`load_posescore` and
+:func:`check_vae`.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from torch import Tensor
+from torch import Tensor, nn
 
+from drpose._cli import UsageError
+from drpose._devices import randn
 from drpose._files import make_readable
 from drpose.data.multiview import MultiViewRenders
 from drpose.models import SkeletonNet
+from drpose.models.fingerprint import weights_fingerprint
 from drpose.ops import pose_heatmap_loss, render_heatmaps
 from drpose.render import cameras
 from drpose.render.image_metrics import image_metrics
 from drpose.reward import PoseScore
 from drpose.train import pretrain
 from drpose.train import vae as vae_stage
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, has_checkpoint, step_generator
+from drpose.train.engine import (
+    StepOutput,
+    TrainConfig,
+    Trainer,
+    has_checkpoint,
+    stage_device,
+    step_generator,
+)
 
 SKEL_SUBFOLDER = "skel"
 POSESCORE_FILE = "posescore.json"
@@ -85,13 +98,15 @@ Config = SkelConfig  # the stage's config for ``python -m drpose.train skel``
 def view_latents(vae: AutoencoderKL, data: MultiViewRenders, chunk: int = 48,
                  index: slice | Tensor = slice(None)) -> Tensor:
     """``(N, V, 8, h, w)``: ``[normal | colour]`` latents of every view of ``data[index]``:
-    ``vae.encode(2x - 1).latent_dist.mode() * scaling_factor`` (the pipeline's encoding)."""
+    ``vae.encode(2x - 1).latent_dist.mode() * scaling_factor`` (the pipeline's encoding),
+    encoded on the VAE's device ``chunk`` images at a time and returned on the CPU."""
     normals, colours = data.views(index)
     both = torch.stack([normals, colours], dim=2)  # (N, V, 2, 3, R, R)
     flat = both.flatten(0, 2)
     scale = vae.config.scaling_factor
-    latents = torch.cat([vae.encode(c * 2 - 1).latent_dist.mode() * scale
-                         for c in flat.split(chunk)])
+    latents = torch.cat([
+        (vae.encode(c.to(vae.device, vae.dtype) * 2 - 1).latent_dist.mode() * scale).cpu()
+        for c in flat.split(chunk)])
     return latents.unflatten(0, both.shape[:3]).flatten(2, 3)
 
 
@@ -116,7 +131,7 @@ def evaluate(reward: PoseScore, latents: Tensor, joints: Tensor,
                            sigma=reward.sigma, reduction="none", backend=reward.backend)
         for i in range(count)])  # scores[i, j] = PoseScore(latents_i, joints_j)
     own = scores.diagonal()[:, None]
-    off = ~torch.eye(count, dtype=torch.bool)
+    off = ~torch.eye(count, dtype=torch.bool, device=scores.device)
     return {
         "psnr": images["psnr"], "ssim": images["ssim"],
         "keypoint_error_px": float(error.mean()),
@@ -158,12 +173,17 @@ def resolve_vae(config: SkelConfig, data: MultiViewRenders) -> Path:
 def run(config: SkelConfig, *, resume: bool = False) -> Path:
     """Train g_skel; returns ``<run_dir>/skel`` (network + ``posescore.json``)."""
     data = MultiViewRenders.load(config.renders or vae_stage.default_renders())
-    vae = vae_stage.load_vae(resolve_vae(config, data))
+    device = stage_device(config.train)
+    vae_dir = resolve_vae(config, data)
+    vae = vae_stage.load_vae(vae_dir)
+    vae_fingerprint = weights_fingerprint(vae)
+    vae.to(device)
     train, held = data.subset("train"), data.subset("eval")
     train_latents, held_latents = view_latents(vae, train), view_latents(vae, held)
     torch.manual_seed(config.train.seed)
+    del vae  # its latents are made
     net = SkeletonNet(in_channels=train_latents.shape[2], channels=tuple(config.channels),
-                      map_scale=config.map_scale)
+                      map_scale=config.map_scale).to(device)
     size = net.output_size(tuple(train_latents.shape[-2:]))
     # the reward's projection gives the targets (g_skel's parameters are shared with net)
     reward = PoseScore(net, sigma=config.sigma)
@@ -171,28 +191,28 @@ def run(config: SkelConfig, *, resume: bool = False) -> Path:
     net.train().requires_grad_(True)
     trainer = Trainer(config.train, net)
     trainer.begin(resume)
-    device = trainer.accelerator.device
 
     def step(index: int) -> StepOutput:
         generator = step_generator(config.train.seed, index)
         objects = torch.randint(len(train), (config.batch_size,), generator=generator)
-        latents = train_latents[objects]
-        latents = latents + config.latent_noise * torch.randn(latents.shape, generator=generator)
-        logits = net(latents.flatten(0, 1).to(device)).unflatten(0, latents.shape[:2])
+        latents = train_latents[objects].to(device)
+        latents = latents + config.latent_noise * randn(latents.shape, generator, device)
+        logits = net(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
         loss = pose_heatmap_loss(logits, keypoints[objects].to(device),
                                  visible[objects].to(device), sigma=config.sigma)
         return StepOutput(loss)
 
     last = trainer.fit(step)
     trainer.close()
-    reward = PoseScore(net.cpu(), sigma=config.sigma)
-    metrics = evaluate(reward, held_latents, held.joints, held.normalization(),
-                       config.pck_threshold)
+    reward = PoseScore(net.eval(), sigma=config.sigma)
+    metrics = evaluate(reward, held_latents.to(device), held.joints.to(device),
+                       held.normalization().to(device), config.pck_threshold)
     out = config.train.run_dir / SKEL_SUBFOLDER
     net.save_pretrained(out)
     make_readable(out)
     (out / POSESCORE_FILE).write_text(json.dumps(
-        {"sigma": config.sigma, "views": reward.views}, indent=1))
+        {"sigma": config.sigma, "views": reward.views, "vae_fingerprint": vae_fingerprint,
+         "vae": str(vae_dir)}, indent=1))
     (config.train.run_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "train_loss": last.get("loss"), "map_size": list(size),
          "config": asdict(config)}, indent=1, default=str))
@@ -208,6 +228,27 @@ def load_posescore(folder: str | Path, **options) -> PoseScore:
     settings = json.loads((folder / POSESCORE_FILE).read_text())
     net = SkeletonNet.from_pretrained(folder, local_files_only=True)
     return PoseScore(net, views=settings["views"], sigma=settings["sigma"], **options)
+
+
+def check_vae(skel_dir: str | Path, vae: nn.Module, pipeline: str | Path) -> None:
+    """Refuse a g_skel that learned from another VAE's latents than ``vae`` (``pipeline``'s):
+    a :class:`UsageError` naming both folders. A g_skel folder that records no VAE (written
+    before drpose recorded it) gets a warning: it cannot be checked."""
+    settings = json.loads((Path(skel_dir) / POSESCORE_FILE).read_text())
+    recorded = settings.get("vae_fingerprint")
+    if recorded is None:
+        warnings.warn(f"{skel_dir}/{POSESCORE_FILE} records no VAE: cannot check that this "
+                      f"g_skel learned from the latents of pipeline {pipeline}'s VAE (retrain it "
+                      f"with 'python -m drpose.train skel --pipeline {pipeline}')", stacklevel=2)
+        return
+    actual = weights_fingerprint(vae)
+    if recorded != actual:
+        raise UsageError(
+            f"--skel {skel_dir}: this g_skel learned from the latents of another VAE "
+            f"({settings.get('vae', '?')}, fingerprint {recorded}) than pipeline {pipeline}'s "
+            f"(fingerprint {actual}), so its PoseScore of this pipeline's latents means nothing; "
+            f"train one on it: python -m drpose.train skel --pipeline {pipeline} --renders DIR "
+            "(renders at the pipeline's image side)")
 
 
 def default_config(cache_dir: str | Path) -> SkelConfig:

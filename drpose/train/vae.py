@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor
 
+from drpose._devices import randn
 from drpose._files import make_readable
 from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
 from drpose.pipelines.default import default_chain_dir
-from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
+from drpose.train.engine import StepOutput, TrainConfig, Trainer, stage_device, step_generator
 
 VAE_SUBFOLDER = "vae"
 
@@ -81,7 +82,7 @@ def reconstruction_loss(vae: AutoencoderKL, images: Tensor, generator: torch.Gen
     """Loss of ``images`` (M, 3, R, R) in [0, 1]: L1 + MSE in [-1, 1] + kl_weight * mean KL."""
     x = images * 2 - 1
     posterior = vae.encode(x).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=generator).to(x)
+    noise = randn(posterior.mean.shape, generator, x.device, x.dtype)
     z = posterior.mean + posterior.std * noise
     recon = vae.decode(z).sample
     l1 = (recon - x).abs().mean()
@@ -93,8 +94,10 @@ def reconstruction_loss(vae: AutoencoderKL, images: Tensor, generator: torch.Gen
 
 @torch.no_grad()
 def latent_scale(vae: AutoencoderKL, images: Tensor, batch: int = 64) -> float:
-    """1 / std of the posterior modes of ``images`` (M, 3, R, R) in [0, 1]."""
-    modes = [vae.encode(chunk * 2 - 1).latent_dist.mode() for chunk in images.split(batch)]
+    """1 / std of the posterior modes of ``images`` (M, 3, R, R) in [0, 1] (encoded on the
+    VAE's device, ``batch`` at a time)."""
+    modes = [vae.encode(chunk.to(vae.device) * 2 - 1).latent_dist.mode()
+             for chunk in images.split(batch)]
     return float(1.0 / torch.cat(modes).std())
 
 
@@ -102,23 +105,23 @@ def run(config: VAEConfig, *, resume: bool = False) -> Path:
     """Train the VAE; returns the folder written by ``save_pretrained`` (``<run_dir>/vae``)."""
     data = MultiViewRenders.load(config.renders or default_renders())
     train_images = all_views(data.subset("train"))
-    vae = tiny_vae(config, data.config.resolution)
+    vae = tiny_vae(config, data.config.resolution).to(stage_device(config.train))
     trainer = Trainer(config.train, vae)
     trainer.begin(resume)
 
     def step(index: int) -> StepOutput:
         generator = step_generator(config.train.seed, index)
         picks = torch.randint(len(train_images), (config.batch_size,), generator=generator)
-        images = train_images[picks].to(trainer.accelerator.device).float() / 255
+        images = train_images[picks].to(trainer.device).float() / 255
         loss, metrics = reconstruction_loss(vae, images, generator,
                                             config.kl_weight)
         return StepOutput(loss, metrics)
 
     last = trainer.fit(step)
     trainer.close()
-    vae.cpu().eval()
+    vae.eval()
     vae.register_to_config(scaling_factor=latent_scale(vae, train_images.float() / 255))
-    held = all_views(data.subset("eval")).float() / 255
+    held = all_views(data.subset("eval")).to(trainer.device).float() / 255
     with torch.no_grad():
         recon = vae.decode(vae.encode(held * 2 - 1).latent_dist.mode()).sample
     psnr = float(-10 * torch.log10(F.mse_loss(recon.clamp(-1, 1) / 2 + 0.5, held)))
