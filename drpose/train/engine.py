@@ -67,7 +67,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_accum: int = 1
     clip_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (GPUs)
+    mixed_precision: str | None = None  # "no" | "fp16" | "bf16" (GPUs); None: bf16 on CUDA
     device: str | None = None  # "cpu", "cuda", "cuda:1", ...; None: CUDA when there is a GPU
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -79,7 +79,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--train.{name} must be an integer >= 1, got {value!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise UsageError(f"--train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}"
                              f", got {self.mixed_precision!r}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
@@ -89,6 +89,13 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+    def precision_on(self, device: torch.device) -> str:
+        """The mixed precision a run on ``device`` uses: ``mixed_precision`` on CUDA (``bf16``
+        when None, as diffusers' training scripts are run); ``no`` on any other device."""
+        if device.type != "cuda":
+            return "no"
+        return self.mixed_precision or "bf16"
 
     def resolve_device(self) -> torch.device:
         """The run's device (:func:`drpose._devices.resolve_device` of ``device``)."""
@@ -116,6 +123,11 @@ def stage_device(config: TrainConfig) -> torch.device:
     if config.device is not None:
         return config.resolve_device()
     return PartialState(cpu=not torch.cuda.is_available()).device
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype frozen weights are stored in under ``precision`` (``no``: float32)."""
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -149,7 +161,7 @@ class Trainer:
             torch.cuda.set_device(self.device)  # accelerate's device in a single process
         self.accelerator = accelerator or Accelerator(
             gradient_accumulation_steps=config.grad_accum,
-            mixed_precision=config.mixed_precision if self.device.type == "cuda" else "no",
+            mixed_precision=config.precision_on(self.device),
             cpu=self.device.type == "cpu",
         )
         if not same_device(self.device, self.accelerator.device):

@@ -50,6 +50,7 @@ from drpose.train.engine import (
     seed_everything,
     stage_device,
     step_generator,
+    weight_dtype,
 )
 from drpose.train.rollout import ModelStep, plan_rollout, rollout, sample
 
@@ -167,6 +168,13 @@ class RewardTuner:
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.parameters = [p for p in unet.parameters() if p.requires_grad]
+        # trained weights stay fp32 over a bf16/fp16 base (AdamW's small updates vanish in
+        # 16 bits; peft runs an fp32 adapter on its layer's input cast to fp32); the frozen
+        # reference copy above keeps the base's dtype
+        for parameter in self.parameters:
+            parameter.data = parameter.data.float()
+        # a non-finite loss is the trainer's to skip: no host sync per UNet call to check it
+        unet.check_finite = False
 
     @contextlib.contextmanager
     def reference_model(self) -> Iterator[None]:
@@ -387,8 +395,11 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     ``_each`` lists in ``metrics.json``).
     """
     device = stage_device(config.train)
-    pipe.to(device)
-    reward.to(device)
+    # frozen weights in the compute dtype (bf16 on CUDA by default), trained ones fp32
+    # (RewardTuner); on the CPU the run is float32 unless the pipeline was loaded otherwise
+    dtype = weight_dtype(config.train.precision_on(device)) if device.type == "cuda" else None
+    pipe.to(device, dtype)
+    reward.to(device, dtype)
     tuner = RewardTuner(config, pipe, reward)
     trainer = Trainer(config.train, pipe.unet, tuner.parameters)
     run_dir = config.train.run_dir
