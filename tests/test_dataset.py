@@ -17,6 +17,7 @@ from drpose.data.build import BuildConfig, DatasetBuilder, parse_shard, write_np
 from drpose.data.synth import RenderSynthesizer
 from drpose.motion.load import default_pose_sequences
 from drpose.motion.sequence import concatenate
+from drpose.train.reward import drpose15k_data, window_split
 
 SIDE = 64
 SETTINGS = dict(anchors=4, neighbours=1, windows_per_shard=2)  # 2 shards x 2 windows x 2 frames
@@ -242,3 +243,26 @@ def test_rerun_on_a_complete_dataset_writes_nothing(synth, copy):
     assert (result.built, result.skipped, result.complete) == ([], [0, 1], True)
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before
     assert {p for p in copy.rglob("*") if p.is_file()} == set(before)
+
+
+def test_window_split_holds_out_whole_windows_anchors_first():
+    windows = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    anchors = torch.tensor([False, True, False] * 4)
+    train, held = window_split(windows, anchors, held_out=2)
+    assert set(windows[held].tolist()) == {1, 3} and set(windows[train].tolist()) == {0, 2}
+    assert held.tolist()[:2] == [4, 10]  # the held-out windows' anchors first
+    assert sorted(train.tolist() + held.tolist()) == list(range(12))
+    with pytest.raises(ValueError, match="lower --held_out"):
+        window_split(windows, anchors, held_out=5)
+
+
+def test_reward_data_of_a_dataset_never_trains_on_a_held_out_window(built):
+    dataset = DrPoseDataset(built)
+    train, held = drpose15k_data(built, held_out=2, eval_samples=8)
+    windows = [dataset[i]["meta"]["window"] for i in range(len(dataset))]
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    held_rows = [i for i, w in enumerate(windows) if w % 2 == 1]
+    assert len(held) == len(held_rows) and len(train) == len(dataset) - len(held_rows)
+    for image in held.images:  # each held-out image is a held-out window's, none trains
+        assert any(torch.equal(image, images[i]) for i in held_rows)
+        assert not any(torch.equal(image, t) for t in train.images)

@@ -84,7 +84,7 @@ class RewardConfig:
     #                                 None: the cached default tiny model (built when missing)
     skel: str | None = None         # g_skel folder of the ``skel`` stage; None: the default
     data: str | None = None         # a DrPose15K folder; None: the default multi-view renders
-    held_out: int = 10              # DrPose15K: every N-th sample is held out for evaluation
+    held_out: int = 10              # DrPose15K: every N-th motion window is held out
     cache_dir: str | None = None    # where the default assets live ($DRPOSE_CACHE/default)
 
     def __post_init__(self) -> None:
@@ -298,7 +298,8 @@ def check_image_side(side: int, pipe: MultiViewPipeline, pipeline: str | Path, s
 
 def drpose15k_data(folder: str | Path, held_out: int, eval_samples: int
                    ) -> tuple[RewardData, RewardData]:
-    """A DrPose15K folder's (image, joints) pairs; every ``held_out``-th sample is held out."""
+    """A DrPose15K folder's train and held-out (image, joints) pairs, split by motion window
+    (:func:`window_split`): no held-out pose has a temporal neighbour in training."""
     dataset = DrPoseDataset(folder)
     items = [dataset[i] for i in range(len(dataset))]
     if not items:
@@ -309,9 +310,27 @@ def drpose15k_data(folder: str | Path, held_out: int, eval_samples: int
         center=torch.stack([item["camera"]["center"] for item in items]),
         scale=torch.stack([item["camera"]["scale"] for item in items]))
     joints = normalization.apply(joints)
-    held = torch.arange(len(items)) % held_out == held_out - 1
-    return (RewardData(images[~held], joints[~held]),
-            RewardData(images[held][:eval_samples], joints[held][:eval_samples]))
+    train, held = window_split(torch.tensor([item["meta"]["window"] for item in items]),
+                               torch.tensor([item["meta"]["anchor"] for item in items]),
+                               held_out)
+    held = held[:eval_samples]
+    return (RewardData(images[train], joints[train]), RewardData(images[held], joints[held]))
+
+
+def window_split(windows: Tensor, anchors: Tensor, held_out: int) -> tuple[Tensor, Tensor]:
+    """Sample indices (train, held out) of a DrPose15K dataset whose samples belong to motion
+    ``windows`` ``(N,)`` int (an FPS anchor frame, ``anchors`` ``(N,)`` bool, with its temporal
+    neighbours): every ``held_out``-th window is held out whole. The held-out indices list
+    each window's anchor first (in window order), then the other frames, so the first few
+    evaluation samples are distinct poses."""
+    held = windows % held_out == held_out - 1
+    if not held.any():
+        raise ValueError(f"no window is held out: {int(windows.max()) + 1} window(s) and "
+                         f"--held_out {held_out}; lower --held_out")
+    train = torch.nonzero(~held).flatten()
+    candidates = torch.nonzero(held).flatten()
+    order = sorted(candidates.tolist(), key=lambda i: (not bool(anchors[i]), int(windows[i]), i))
+    return train, torch.tensor(order, dtype=torch.long)
 
 
 @torch.no_grad()
