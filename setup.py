@@ -120,8 +120,8 @@ def main() -> None:
 
     setup(
         packages=[*find_packages(include=["drpose", "drpose.*", "drpose_kernels"]),
-                  "drpose.motion.assets"],
-        package_data={"drpose.motion.assets": ["*"]},
+                  "drpose.motion.assets", "drpose.train.presets"],
+        package_data={"drpose.motion.assets": ["*"], "drpose.train.presets": ["*.json"]},
         install_requires=[torch_requirement(), *DEPENDENCIES],
         ext_modules=extensions(),
         cmdclass={"build_ext": BuildExtension},

@@ -46,8 +46,10 @@ def test_torch_is_pinned_to_the_build_release(setup_kwargs):
 
 def test_every_package_is_listed(setup_kwargs):
     packages = set(setup_kwargs["packages"])
-    assert {"drpose.motion", "drpose.motion.assets", "drpose_kernels"} <= packages
-    assert setup_kwargs["package_data"] == {"drpose.motion.assets": ["*"]}
+    assert {"drpose.motion", "drpose.motion.assets", "drpose.train.presets",
+            "drpose_kernels"} <= packages
+    assert setup_kwargs["package_data"] == {"drpose.motion.assets": ["*"],
+                                            "drpose.train.presets": ["*.json"]}
 
 
 def test_extension_imports_without_torch_first():

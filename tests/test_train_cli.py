@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from drpose._cli import UsageError
 from drpose.train import cli
 from drpose.train.__main__ import main
 from drpose.train.reward import RewardConfig
@@ -111,7 +112,6 @@ def test_help_shows_the_stage_defaults(capsys):
 
 
 def test_image_every_zero_means_no_grids_and_negative_is_refused():
-    from drpose._cli import UsageError
 
     assert RewardConfig(image_every=0).image_every == 0  # the experiment and torchrun test use it
     with pytest.raises(UsageError, match=r"--image_every must be an integer >= 0, got -1"):
@@ -132,3 +132,15 @@ def test_overwrite_deletes_the_old_run_and_resume_excludes_it(tiny_renders, tiny
     assert main([*argv, "--overwrite"]) == 0
     assert not (tmp_path / "s" / "old.txt").exists()
     assert (tmp_path / "s" / "metrics.json").is_file()
+
+
+def test_the_pshuman_preset_is_the_papers_run_and_a_wrong_name_is_named():
+    assert "pshuman" in cli.preset_names()
+    config = cli.from_dict(RewardConfig, cli.read_config_file("pshuman"))
+    assert (config.train.steps, config.batch_size, config.train.grad_accum) == (18000, 2, 2)
+    assert config.train.mixed_precision == "bf16" and config.finetune == "lora"
+    assert (config.num_steps, config.trained_steps, config.early_stop) == (20, 2, 8)
+    assert (config.guidance_scale, config.eta) == (3.0, 1.0)  # inference's CFG and eta
+    with pytest.raises(UsageError, match=r"--config pshumann: no such file .* or preset "
+                                         r"\(presets: pshuman\)"):
+        cli.read_config_file("pshumann")

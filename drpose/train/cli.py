@@ -57,12 +57,24 @@ def build(cls: type[T], args: argparse.Namespace, config_file: str | Path | None
     return _apply(cls() if base is None else base, values)
 
 
+PRESETS = Path(__file__).parent / "presets"  # shipped configs, by name: --config pshuman
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (``drpose/train/presets/<name>.json``)."""
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The JSON object of a ``--config`` file; a :class:`UsageError` naming the file when it is
-    missing, not JSON or not an object."""
+    """The JSON object of a ``--config`` file, or of a shipped preset given by name (a name
+    that is not a file: ``pshuman`` is ``drpose/train/presets/pshuman.json``); a
+    :class:`UsageError` naming the file when it is missing, not JSON or not an object."""
     path = Path(path)
+    if not path.is_file() and str(path) in preset_names():
+        path = PRESETS / f"{path}.json"
     if not path.is_file():
-        raise UsageError(f"--config {path}: no such file (a JSON file of config values)")
+        raise UsageError(f"--config {path}: no such file (a JSON file of config values) or "
+                         f"preset (presets: {', '.join(preset_names())})")
     try:
         values = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

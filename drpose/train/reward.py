@@ -68,8 +68,9 @@ class RewardConfig:
     num_steps: int = 20             # T: DDIM steps of a rollout
     trained_steps: int = 2          # K: steps that keep gradients
     early_stop: int = 8             # m: the rollout stops at a random step <= m before the end
-    eta: float = 0.0                # DDIM eta of training rollouts
-    guidance_scale: float = 1.0     # CFG in rollouts (open in the paper; 1 = conditional only)
+    eta: float = 0.0                # DDIM eta of rollouts (training and evaluation)
+    guidance_scale: float = 1.0     # CFG in rollouts and evaluation (open in the paper; 1 =
+    #                                 conditional only; > 1: the gradient goes through both)
     kl_weight: float = 0.01         # w_KL
     finetune: str = "lora"          # "lora" | "full"
     lora_rank: int = 8
@@ -220,7 +221,8 @@ class RewardTuner:
         images, joints = data.batch(torch.arange(count), self.device)
         cond = self.encode(images, generator)
         x0 = sample(self.pipe, cond, num_steps=self.config.num_steps,
-                    guidance_scale=self.config.guidance_scale, eta=0.0, generator=generator)
+                    guidance_scale=self.config.guidance_scale, eta=self.config.eta,
+                    generator=generator)
         return save_grid(self.pipe, self.reward, x0, joints, path)
 
     def loss(self, images: Tensor, joints: Tensor, generator: torch.Generator) -> RewardStep:
@@ -255,7 +257,8 @@ class RewardTuner:
                 images, joints = data.batch(torch.tensor([index]), self.device)
                 cond = self.encode(images, generator)
                 x0 = sample(self.pipe, cond, num_steps=config.num_steps,
-                            guidance_scale=config.guidance_scale, eta=0.0, generator=generator)
+                            guidance_scale=config.guidance_scale, eta=config.eta,
+                            generator=generator)
                 scores.append(self.reward(self.body_latents(x0), joints))
                 for name, value in (judge(index, x0) if judge else {}).items():
                     judged.setdefault(name, []).append(value)
