@@ -167,3 +167,17 @@ def test_images_of_another_side_than_the_pipeline_are_refused():
     with pytest.raises(UsageError, match=r"--data D: 64 px images, but pipeline P "
                                          r"generates 32 px.*--resolution 32"):
         check_image_side(64, pipe, "P", "--data D")
+
+
+@no_gpu
+def test_infer_and_eval_run_take_a_device():
+    from drpose.eval.__main__ import parse_args
+    from drpose.infer import load_pipeline
+    from drpose.infer import parse_args as infer_args
+
+    assert load_pipeline("tiny", None, device="cpu").device == torch.device("cpu")
+    with pytest.raises(UsageError, match=r"--device cuda: this machine has no CUDA"):
+        load_pipeline("tiny", None, device="cuda")
+    assert infer_args(["photo.png", "--out", "o", "--device", "cuda:1"]).device == "cuda:1"
+    assert parse_args(["run", "--bench", "b", "--model", "tiny", "--device", "cpu"]).device == (
+        "cpu")
