@@ -88,9 +88,9 @@ def require_device(device: torch.device | str, owner: str = "the run",
     for name, item in items.items():
         if item is None:
             continue
-        elsewhere = [d for d in devices_of(item) if not same_device(d, device)]
-        if elsewhere:
-            wrong.append(f"{name} on {', '.join(map(str, devices_of(item)))}")
+        found = devices_of(item)
+        if any(not same_device(d, device) for d in found):
+            wrong.append(f"{name} on {', '.join(map(str, found))}")
     if wrong:
         raise ValueError(f"device mismatch: {'; '.join(wrong)}, but {owner} is on {device}: "
                          f"move them there with .to({str(device)!r})")

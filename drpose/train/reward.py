@@ -331,9 +331,10 @@ def window_split(windows: Tensor, anchors: Tensor, held_out: int) -> tuple[Tenso
         raise ValueError(f"no window is held out: {int(windows.max()) + 1} window(s) and "
                          f"--held_out {held_out}; lower --held_out")
     train = torch.nonzero(~held).flatten()
+    # a stable sort on (not anchor, window) keeps frame order inside each group
     candidates = torch.nonzero(held).flatten()
-    order = sorted(candidates.tolist(), key=lambda i: (not bool(anchors[i]), int(windows[i]), i))
-    return train, torch.tensor(order, dtype=torch.long)
+    key = (~anchors[candidates]).long() * (int(windows.max()) + 1) + windows[candidates]
+    return train, candidates[torch.sort(key, stable=True).indices]
 
 
 @torch.no_grad()
