@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from drpose.data.stream import TensorPairs
 from drpose.models import SkeletonNet
 from drpose.pipelines import MultiViewPipeline
 from drpose.reward import PoseScore
 from drpose.train.engine import StepOutput, TrainConfig, Trainer, step_generator
-from drpose.train.reward import RewardConfig, RewardData, train_reward
+from drpose.train.reward import RewardConfig, train_reward
 
 
 def toy(out_dir: str) -> dict[str, torch.Tensor]:
@@ -42,7 +43,7 @@ def reward(out_dir: str) -> dict[str, torch.Tensor]:
                           progress=False),
         num_steps=3, trained_steps=1, early_stop=1, lora_rank=2, image_every=0, eval_samples=1)
     gen = torch.Generator().manual_seed(0)
-    data = RewardData(torch.rand(4, 3, 32, 32, generator=gen),
+    data = TensorPairs(torch.rand(4, 3, 32, 32, generator=gen),
                       torch.randn(4, 23, 3, generator=gen) * 0.3)
     train_reward(config, pipe, score, data, data)
     return {n: p for n, p in pipe.unet.named_parameters() if p.requires_grad}

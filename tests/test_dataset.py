@@ -14,6 +14,7 @@ from drpose.data import DrPoseDataset
 from drpose.data import dataset as fmt
 from drpose.data.__main__ import main
 from drpose.data.build import BuildConfig, DatasetBuilder, parse_shard, write_npz
+from drpose.data.stream import as_float_images
 from drpose.data.synth import RenderSynthesizer
 from drpose.motion.load import default_pose_sequences
 from drpose.motion.sequence import concatenate
@@ -263,6 +264,8 @@ def test_reward_data_of_a_dataset_never_trains_on_a_held_out_window(built):
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     held_rows = [i for i, w in enumerate(windows) if w % 2 == 1]
     assert len(held) == len(held_rows) and len(train) == len(dataset) - len(held_rows)
-    for image in held.images:  # each held-out image is a held-out window's, none trains
-        assert any(torch.equal(image, images[i]) for i in held_rows)
-        assert not any(torch.equal(image, t) for t in train.images)
+    train_images = [as_float_images(train.image(i)) for i in range(len(train))]
+    for i in range(len(held)):  # each held-out image is a held-out window's, none trains
+        image = as_float_images(held.image(i))
+        assert any(torch.equal(image, images[r]) for r in held_rows)
+        assert not any(torch.equal(image, t) for t in train_images)

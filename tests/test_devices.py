@@ -11,13 +11,14 @@ from torch import nn
 
 from drpose._cli import UsageError
 from drpose._devices import randn, require_device, resolve_device, same_device
+from drpose.data.stream import PosePairs, StepBatches
 from drpose.models import SkeletonNet
 from drpose.models.fingerprint import weights_fingerprint
 from drpose.pipelines import MultiViewPipeline
 from drpose.reward import PoseScore
 from drpose.train import skel as skel_stage
 from drpose.train.engine import TrainConfig, Trainer
-from drpose.train.reward import RewardData, RewardTuner, check_image_side, train_reward
+from drpose.train.reward import RewardTuner, check_image_side, train_reward
 from tests.test_reward_loop import tiny_setup
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
@@ -101,20 +102,28 @@ def test_reward_stage_moves_every_model_and_batch_to_the_run_device(tmp_path, mo
             moved[type(self).__name__] = torch.device(target)
         return original_to(self, *args, **kwargs)
 
-    batches: list[torch.device] = []
-    original_batch = RewardData.batch
+    batches: dict[str, list[torch.device]] = {"eval": [], "train": []}
+    original_batch, original_get = PosePairs.batch, StepBatches.get
 
     def spy_batch(self, indices, device="cpu"):
-        batches.append(torch.device(device))
-        return original_batch(self, indices, device)
+        out = original_batch(self, indices, device)
+        batches["eval"].extend(t.device for t in out)
+        return out
+
+    def spy_get(self, index, picks):
+        out = original_get(self, index, picks)
+        batches["train"].extend(t.device for t in out)
+        return out
 
     monkeypatch.setattr(nn.Module, "to", spy_to)
-    monkeypatch.setattr(RewardData, "batch", spy_batch)
+    monkeypatch.setattr(PosePairs, "batch", spy_batch)
+    monkeypatch.setattr(StepBatches, "get", spy_get)
     train_reward(config, pipe, reward, data, data)
     for name in ("MultiViewUNet", "AutoencoderKL", "CLIPVisionModelWithProjection",
                  "StableUnCLIPImageNormalizer", "PoseScore"):
         assert moved.get(name) == torch.device("cpu"), name
-    assert batches and all(d == torch.device("cpu") for d in batches)
+    for kind, devices in batches.items():  # training batches come through the loader
+        assert devices and all(d == torch.device("cpu") for d in devices), kind
     saved = json.loads((tmp_path / "reward" / "metrics.json").read_text())
     assert saved["devices"] == {"unet": "cpu", "vae": "cpu", "image_encoder": "cpu",
                                 "g_skel": "cpu"}

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
+from drpose.data.stream import TensorPairs
 from drpose.infer import load_lora
 from drpose.models import SkeletonNet
 from drpose.pipelines import MultiViewPipeline
 from drpose.reward import PoseScore
 from drpose.train.engine import TrainConfig
-from drpose.train.reward import RewardConfig, RewardData, RewardTuner, train_reward
+from drpose.train.reward import RewardConfig, RewardTuner, train_reward
 from drpose.train.rollout import RolloutPlan, rollout
 
 
@@ -30,7 +31,7 @@ def tiny_setup(tmp_path, *, finetune="lora", steps=2, name="reward"):
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, 32, 32, generator=gen)
     joints = torch.randn(3, 23, 3, generator=gen) * 0.3
-    data = RewardData(images, joints)
+    data = TensorPairs(images, joints)
     return config, pipe, reward, data
 
 

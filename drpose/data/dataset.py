@@ -139,11 +139,22 @@ def completed_shards(root: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in folder.glob("shard-*") if p.is_dir())
 
 
+def read_rgba(path: Path) -> Tensor:
+    """A dataset PNG as ``(4, R, R)`` uint8 (RGB, then the mask as alpha); a missing or
+    unreadable file raises naming it."""
+    try:
+        with Image.open(path) as im:
+            pixels = np.array(im.convert("RGBA"))  # a writable copy
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: cannot read the image ({error}); rebuild its shard (delete "
+                         "the shard folder and run `python -m drpose.data build` again)"
+                         ) from error
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
 def load_image(path: Path) -> tuple[Tensor, Tensor]:
     """(image (3, R, R), mask (1, R, R)) float32 in [0, 1] from a dataset PNG (RGBA)."""
-    with Image.open(path) as im:
-        pixels = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
+    tensor = read_rgba(path).float() / 255.0
     return tensor[:3].contiguous(), tensor[3:].contiguous()
 
 

@@ -48,6 +48,7 @@ import torch
 
 from drpose._progress import progress
 from drpose.data.multiview import MultiViewRenders, RenderConfig, load_or_build
+from drpose.data.stream import TensorPairs
 from drpose.eval.pose_split import POOLS, PoseSplit, SplitConfig, pool_summary, split_poses
 from drpose.motion.select import pose_features
 from drpose.motion.sequence import PoseSequence, concatenate
@@ -58,7 +59,7 @@ from drpose.train import pretrain
 from drpose.train import skel as skel_stage
 from drpose.train import vae as vae_stage
 from drpose.train.engine import TrainConfig, Trainer, has_checkpoint
-from drpose.train.reward import RewardConfig, RewardData, RewardTuner, reward_step_fn
+from drpose.train.reward import RewardConfig, RewardTuner, reward_step_fn
 from drpose.train.rollout import sample
 
 BVH_DIR = "/usr/share/assimp/models/BVH"  # Debian's assimp-testmodels
@@ -332,7 +333,7 @@ def reward_stage(config: ExperimentConfig, out: Path, kind: str, seed: int, judg
     rc = reward_config(config, out, kind, seed)
     pipe = MultiViewPipeline.from_pretrained(out / f"base_s{seed}" / "pipeline")
     train = hard.subset("train")
-    data = RewardData(train.images(), train.normalized_joints())
+    data = TensorPairs(train.colours[:, train.config.input_view], train.normalized_joints())
     tuner = RewardTuner(rc, pipe, judge.reward)
     trainer = Trainer(rc.train, pipe.unet, tuner.parameters)
     trainer.resume()

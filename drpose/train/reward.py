@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from drpose._cli import UsageError
 from drpose._devices import devices_of, require_device
 from drpose._files import make_readable, save_safetensors
-from drpose.body.joints import POSESCORE_JOINTS, SMPLX_PARENTS
+from drpose.body.joints import SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
 from drpose.data.multiview import MultiViewRenders
+from drpose.data.stream import DrPose15KPairs, PosePairs, StepBatches, TensorPairs, step_picks
 from drpose.pipelines.default import default_chain_dir
 from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
-from drpose.render import cameras
 from drpose.render.conditions import save_view_grid
 from drpose.render.draw import draw_skeletons
 from drpose.reward import PoseScore, latents_from_rows
@@ -49,7 +49,6 @@ from drpose.train.engine import (
     Trainer,
     seed_everything,
     stage_device,
-    step_generator,
     weight_dtype,
 )
 from drpose.train.rollout import ModelStep, plan_rollout, rollout, sample
@@ -86,6 +85,8 @@ class RewardConfig:
     skel: str | None = None         # g_skel folder of the ``skel`` stage; None: the default
     data: str | None = None         # a DrPose15K folder; None: the default multi-view renders
     held_out: int = 10              # DrPose15K: every N-th motion window is held out
+    workers: int | None = None      # DataLoader processes reading training pairs ahead of the
+    #                                 step; None: 4 on CUDA, 0 (in the training process) on CPU
     cache_dir: str | None = None    # where the default assets live ($DRPOSE_CACHE/default)
 
     def __post_init__(self) -> None:
@@ -96,6 +97,16 @@ class RewardConfig:
             value, least = getattr(self, name), 0 if name == "image_every" else 1  # 0: no grids
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise UsageError(f"--{name} must be an integer >= {least}, got {value!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or
+                                         not isinstance(self.workers, int) or self.workers < 0):
+            raise UsageError(f"--workers must be an integer >= 0, got {self.workers!r}")
+
+    def resolved_workers(self, device: torch.device) -> int:
+        """``workers``, or its default for ``device`` (module docstring of
+        :mod:`drpose.data.stream`)."""
+        if self.workers is not None:
+            return self.workers
+        return 4 if device.type == "cuda" else 0
 
     def check_inputs(self) -> None:
         """A :class:`UsageError` naming the flag when a given ``--pipeline``, ``--skel``,
@@ -110,24 +121,6 @@ class RewardConfig:
                                  "embedded default)")
             if not any(path.iterdir()):
                 raise UsageError(f"{flag} {folder}: the folder is empty")
-
-
-@dataclass
-class RewardData:
-    """(image, joints) pairs: images (N, 3, H, W) in [0, 1], joints (N, J, 3) in normalised body
-    coordinates (:meth:`drpose.render.cameras.BodyNormalization.apply`), as PoseScore takes them
-    without a normalisation."""
-
-    images: Tensor
-    joints: Tensor
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def batch(self, indices: Tensor, device: torch.device | str = "cpu"
-              ) -> tuple[Tensor, Tensor]:
-        """(images, joints) of ``indices``, on ``device``."""
-        return self.images[indices].to(device), self.joints[indices].to(device)
 
 
 @dataclass
@@ -214,7 +207,7 @@ class RewardTuner:
             return self.pipe.encode_condition(images, generator=generator)
 
     @torch.no_grad()
-    def save_eval_grid(self, data: RewardData, path: Path, count: int = 2) -> Path:
+    def save_eval_grid(self, data: PosePairs, path: Path, count: int = 2) -> Path:
         """Grid of full rollouts for the first ``count`` held-out samples (fixed noise)."""
         count = min(count, len(data))
         generator = torch.Generator().manual_seed(self.config.eval_seed)
@@ -237,12 +230,12 @@ class RewardTuner:
         return RewardStep(loss, {"reward": float(score.detach()), "kl": float(result.kl.detach()),
                                  "stop_step": plan.stop}, x0=result.x0)
 
-    def evaluate(self, data: RewardData, *, reference: bool = False) -> list[float]:
+    def evaluate(self, data: PosePairs, *, reference: bool = False) -> list[float]:
         """PoseScore of each sample's full gradient-free rollout from fixed noise."""
         return self.evaluate_judged(data, reference=reference)[0]
 
     @torch.no_grad()
-    def evaluate_judged(self, data: RewardData, *, reference: bool = False,
+    def evaluate_judged(self, data: PosePairs, *, reference: bool = False,
                         judge: ViewJudge | None = None
                         ) -> tuple[list[float], dict[str, list[float]]]:
         """:meth:`evaluate`, and ``judge(index, x0)``'s metrics of each rollout (by name, one
@@ -265,12 +258,13 @@ class RewardTuner:
         return torch.cat(scores).tolist(), judged
 
 
-def default_data(renders: MultiViewRenders, eval_samples: int) -> tuple[RewardData, RewardData]:
-    """The multi-view renders' train and held-out (image, joints) pairs."""
+def default_data(renders: MultiViewRenders, eval_samples: int) -> tuple[PosePairs, PosePairs]:
+    """The multi-view renders' train and held-out (image, joints) pairs (uint8 images)."""
     train, held = renders.subset("train"), renders.subset("eval")
     keep = slice(0, eval_samples)
-    return (RewardData(train.images(), train.normalized_joints()),
-            RewardData(held.images(keep), held.normalized_joints(keep)))
+    view = renders.config.input_view
+    return (TensorPairs(train.colours[:, view], train.normalized_joints()),
+            TensorPairs(held.colours[keep, view], held.normalized_joints(keep)))
 
 
 @torch.no_grad()
@@ -300,24 +294,16 @@ def check_image_side(side: int, pipe: MultiViewPipeline, pipeline: str | Path, s
 
 
 def drpose15k_data(folder: str | Path, held_out: int, eval_samples: int
-                   ) -> tuple[RewardData, RewardData]:
+                   ) -> tuple[DrPose15KPairs, DrPose15KPairs]:
     """A DrPose15K folder's train and held-out (image, joints) pairs, split by motion window
-    (:func:`window_split`): no held-out pose has a temporal neighbour in training."""
+    (:func:`window_split`): no held-out pose has a temporal neighbour in training. Images are
+    read per item (:mod:`drpose.data.stream`), the split from the shards' indexes."""
     dataset = DrPoseDataset(folder)
-    items = [dataset[i] for i in range(len(dataset))]
-    if not items:
+    if not len(dataset):
         raise ValueError(f"{folder}: the dataset has no samples")
-    images = torch.stack([item["image"] for item in items])
-    joints = torch.stack([item["joints"][list(POSESCORE_JOINTS.indices)] for item in items])
-    normalization = cameras.BodyNormalization(
-        center=torch.stack([item["camera"]["center"] for item in items]),
-        scale=torch.stack([item["camera"]["scale"] for item in items]))
-    joints = normalization.apply(joints)
-    train, held = window_split(torch.tensor([item["meta"]["window"] for item in items]),
-                               torch.tensor([item["meta"]["anchor"] for item in items]),
-                               held_out)
-    held = held[:eval_samples]
-    return (RewardData(images[train], joints[train]), RewardData(images[held], joints[held]))
+    train, held = window_split(torch.from_numpy(dataset.index["window"]),
+                               torch.from_numpy(dataset.index["anchor"]), held_out)
+    return DrPose15KPairs(dataset, train), DrPose15KPairs(dataset, held[:eval_samples])
 
 
 def window_split(windows: Tensor, anchors: Tensor, held_out: int) -> tuple[Tensor, Tensor]:
@@ -357,19 +343,22 @@ def save_grid(pipe: MultiViewPipeline, reward: PoseScore, x0: Tensor, joints: Te
     return save_view_grid(torch.stack(rows), path)
 
 
-def reward_step_fn(tuner: RewardTuner, train_data: RewardData, rank: int = 0,
-                   grid_dir: Path | None = None) -> Callable[[int], StepOutput]:
+def reward_step_fn(tuner: RewardTuner, train_data: PosePairs, rank: int = 0,
+                   grid_dir: Path | None = None, batches: StepBatches | None = None
+                   ) -> Callable[[int], StepOutput]:
     """The :meth:`Trainer.fit` step of reward fine-tuning: micro-batch ``index`` draws
     ``batch_size`` training pairs and the rollout's noise from ``step_generator(seed, index,
-    rank)``; every ``image_every`` optimisation steps its grid goes to ``grid_dir`` (None: no
-    grids)."""
+    rank)`` (:func:`drpose.data.stream.step_picks`); the pairs come from ``batches`` (loaded
+    ahead), or are read when the step needs them. Every ``image_every`` optimisation steps
+    its grid goes to ``grid_dir`` (None: no grids)."""
     config = tuner.config
     every = config.image_every * config.train.grad_accum
 
     def step(index: int) -> StepOutput:
-        generator = step_generator(config.train.seed, index, rank)
-        picks = torch.randint(len(train_data), (config.batch_size,), generator=generator)
-        images, joints = train_data.batch(picks, tuner.device)
+        generator, picks = step_picks(config.train.seed, index, rank, len(train_data),
+                                      config.batch_size)
+        images, joints = (train_data.batch(picks, tuner.device) if batches is None
+                          else batches.get(index, picks))
         out = tuner.loss(images, joints, generator)
         if grid_dir is not None and every and index % every == 0:
             save_grid(tuner.pipe, tuner.reward, out.x0, joints,
@@ -407,7 +396,7 @@ def _add_evaluation(metrics: dict, when: str, scores: list[float],
 
 
 def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScore,
-                 train_data: RewardData, eval_data: RewardData, *, resume: bool = False,
+                 train_data: PosePairs, eval_data: PosePairs, *, resume: bool = False,
                  stop_after: int | None = None, judge: ViewJudge | None = None
                  ) -> dict[str, float]:
     """Reward fine-tuning; writes ``metrics.json``, checkpoints, logs and grids to the run dir.
@@ -440,9 +429,13 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
             _write_json(metrics_path, {**metrics, "config": asdict(config)})
             with tuner.reference_model():
                 tuner.save_eval_grid(eval_data, run_dir / "grid_before.png")
-    step = reward_step_fn(tuner, train_data, trainer.accelerator.process_index,
-                          run_dir / "grids" if main else None)
+    rank = trainer.accelerator.process_index
+    batches = StepBatches(train_data, config.batch_size, config.train.seed, rank,
+                          config.train.steps * config.train.grad_accum, device=device,
+                          workers=config.resolved_workers(device))
+    step = reward_step_fn(tuner, train_data, rank, run_dir / "grids" if main else None, batches)
     last = trainer.fit(step, stop_after=stop_after)
+    batches.close()
     trainer.close()
     if trainer.step < config.train.steps:
         return {**metrics, **last}
