@@ -51,6 +51,20 @@ def measure(benchmark):
     return run
 
 
+NOTES: dict[str, list[str]] = {}
+
+
+@pytest.fixture
+def report():
+    """report(group, line): a line printed under ``group`` after the ratio tables (for
+    measurements that are not a time and a tensor peak, e.g. resident memory)."""
+
+    def add(group: str, line: str) -> None:
+        NOTES.setdefault(group, []).append(line)
+
+    return add
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -64,9 +78,13 @@ def machine() -> str:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    write = terminalreporter.write_line
+    for group, lines in NOTES.items():
+        write(f"\n[{group}] (machine: {machine()})")
+        for line in lines:
+            write(f"  {line}")
     if not RESULTS:
         return
-    write = terminalreporter.write_line
     write("")
     write(f"drpose benchmark ratios (machine: {machine()})")
     write("speed-up = baseline time / time; memory = peak tensor bytes allocated by the call")
