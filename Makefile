@@ -21,7 +21,7 @@ CUDA_SOURCES := $(wildcard csrc/*.cu)
 # need them skip and say why.
 APT_PACKAGES := libusb-1.0-0 assimp-testmodels
 
-.PHONY: demo experiment test bench lint cuda-check gpu-check clean system-deps
+.PHONY: demo experiment test bench lint cuda-check gpu-check gpu-test clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,14 @@ bench: $(STAMP)
 ## fails on a compile error, shared memory over the arch's limit, or a forbidden register spill
 gpu-check: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m drpose.ops.gpu_check --jobs 2
+
+## make gpu-test: on a GPU machine (README, GPU machines), under 8 minutes: the ops on CUDA against
+## their references, 2 reward steps of the random full-size PSHuman pipeline at 768² in bf16 (time
+## per step, peak GPU memory), the kernel benchmarks; one report, gpu-report/report.md. Uses the
+## venv's python when there is one, else python3 (a machine with CUDA torch and drpose installed)
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-test:
+	$(GPU_PYTHON) tools/gpu_test.py --out gpu-report
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

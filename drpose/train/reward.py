@@ -440,6 +440,8 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
     if trainer.step < config.train.steps:
         return {**metrics, **last}
     _add_evaluation(metrics, "after", *tuner.evaluate_judged(eval_data, judge=judge))
+    if device.type == "cuda":  # the whole stage's peak, evaluation included
+        metrics["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     after = metrics["posescore_after_each"]
     metrics["improved"] = sum(a > b for a, b in zip(after, metrics["posescore_before_each"],
                                                     strict=True))
