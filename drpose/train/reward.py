@@ -102,8 +102,8 @@ class RewardConfig:
             raise UsageError(f"--workers must be an integer >= 0, got {self.workers!r}")
 
     def resolved_workers(self, device: torch.device) -> int:
-        """``workers``, or its default for ``device`` (module docstring of
-        :mod:`drpose.data.stream`)."""
+        """``workers``, or its default for ``device``: 4 on CUDA (PNGs decode while the GPU
+        steps), 0 on the CPU (the cores are the step's)."""
         if self.workers is not None:
             return self.workers
         return 4 if device.type == "cuda" else 0
