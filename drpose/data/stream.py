@@ -98,7 +98,6 @@ class DrPose15KPairs(PosePairs):
             scale=torch.from_numpy(index["camera_scale"][picked]))
         super().__init__(normalization.apply(joints.float()))
         self.root = dataset.root
-        self.rows = rows
         self.files = [Path(shard_name(int(dataset.shard_of[r]))) / image_name(
             int(index["sample"][r])) for r in picked]
 
