@@ -199,3 +199,36 @@ def test_no_usable_checkpoint_names_the_files(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(UsageError, match=r"no usable checkpoint.*step_0000004/trainable"):
             toy_run(tmp_path, 6, resume=True)
+
+
+def test_fp16_overflow_step_is_skipped_updates_the_scaler_and_the_next_step_trains(
+        tmp_path, monkeypatch):
+    """fp16's grad scaler (emulated on the CPU: a ``torch.amp.GradScaler("cpu")`` in accelerate's
+    fp16 path): an overflowing step is skipped, the scale backs off, and the next step's
+    unscale works and updates the weights (without the update it raises, ending the run)."""
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "mixed_precision", property(lambda self: "fp16"))
+    accelerator = Accelerator(cpu=True)
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    config = TrainConfig(name="fp16", runs_dir=str(tmp_path), steps=3, lr=1e-2, log_every=1,
+                         checkpoint_every=10, progress=False)
+    trainer = Trainer(config, model, accelerator=accelerator)
+    trainer.begin(False)
+    weights = []
+
+    def step(index):
+        weights.append(model.weight.detach().clone())
+        loss = model(torch.ones(2, 4)).pow(2).mean()
+        return StepOutput(loss * 1e38 if index == 0 else loss, {})  # x 1024: overflow
+
+    trainer.fit(step)
+    trainer.close()
+    lines = [json.loads(x) for x in (tmp_path / "fp16/log.jsonl").read_text().splitlines()]
+    assert [x.get("event") for x in lines] == ["skipped non-finite step", None, None]
+    assert torch.equal(weights[0], weights[1])  # the overflow did not update
+    assert not torch.equal(weights[1], weights[2])  # the next step trained
+    assert accelerator.scaler.get_scale() == 2.0 ** 9  # backed off once, then no growth yet

@@ -7,7 +7,8 @@ the rest:
 * ``accelerate`` for one or many processes (CPU/gloo or GPUs), mixed precision on GPUs, gradient
   accumulation, gradient clipping;
 * a NaN/Inf guard: a step whose loss or gradients are not finite is skipped (no optimizer update)
-  and logged, and training goes on;
+  and logged, and training goes on (with fp16, the grad scaler is still updated: its scale
+  backs off);
 * checkpoints written atomically (a temporary folder renamed into place, then the ``latest``
   pointer replaced), holding the trainable weights (safetensors), the optimizer state, every RNG
   state and the step, so ``resume=True`` continues exactly where the run stopped: data order and
@@ -366,9 +367,10 @@ class Trainer:
             grad_norm = self._clip_and_check()
             finite &= math.isfinite(grad_norm)
             if finite:
-                self.optimizer.step()
+                self.optimizer.step()  # with fp16, the grad scaler's step and update
             else:
                 skipped += 1
+                self._skip_scaler_step(grad_norm)
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             last = {**sums, "grad_norm": grad_norm, "step_time_s": time.perf_counter() - started,
@@ -385,6 +387,17 @@ class Trainer:
                     on_checkpoint(self.step)
         bar.close()
         return last
+
+    def _skip_scaler_step(self, grad_norm: float) -> None:
+        """With fp16's grad scaler, a skipped step still updates it, as ``scaler.step`` would:
+        the gradients were unscaled (inf found, so the scale backs off); without the update the
+        next step's unscale raises and the first overflow would end the run."""
+        scaler = self.accelerator.scaler
+        if scaler is not None and any(p.grad is not None for p in self.params):
+            if math.isfinite(grad_norm):  # a non-finite loss with finite gradients
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+            else:
+                scaler.update()
 
     def _clip_and_check(self) -> float:
         grads = [p.grad for p in self.params if p.grad is not None]
