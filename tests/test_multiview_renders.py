@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +8,10 @@ from drpose.data.multiview import (
     META_FILE,
     MultiViewRenders,
     RenderConfig,
+    build_renders,
     camera_light,
     load_or_build,
+    save_renders,
 )
 from drpose.render import cameras
 
@@ -87,10 +91,11 @@ def test_cache_reused_and_rebuilt_on_config_change(tiny_renders, tmp_path):
     assert (tiny_renders / META_FILE).stat().st_mtime_ns == stamp
     small = RenderConfig(num_poses=2, resolution=16, held_out=2)
     first = load_or_build(tmp_path, small)
+    normals, colours = first.views()  # read now: the folder is rebuilt below
     again = load_or_build(tmp_path, RenderConfig(num_poses=2, resolution=16, held_out=2, seed=1))
     assert again.config.seed == 1
-    assert torch.equal(first.normals, again.normals)  # same poses: normals do not depend on seed
-    assert not torch.equal(first.colours, again.colours)  # another palette
+    assert torch.equal(normals, again.views()[0])  # same poses: normals do not depend on seed
+    assert not torch.equal(colours, again.views()[1])  # another palette
 
 
 def test_deterministic(tmp_path):
@@ -98,7 +103,7 @@ def test_deterministic(tmp_path):
     a = load_or_build(tmp_path / "a", config)
     b = load_or_build(tmp_path / "b", config)
     for name in ("normals", "colours", "masks", "joints", "center", "scale"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(getattr(a, name)[:], getattr(b, name)[:]), name
 
 
 def test_camera_light_is_the_front_light_rotated_with_each_camera():
@@ -114,3 +119,66 @@ def test_errors(tmp_path):
         MultiViewRenders.load(tmp_path)
     with pytest.raises(ValueError, match="num_poses"):
         load_or_build(tmp_path, RenderConfig(num_poses=10**6))
+
+
+def test_images_are_read_per_sample_not_held(tmp_path, monkeypatch):
+    """Loading reads no image; indexing reads only the samples asked for; the skel stage's
+    encoding reads each sample once, a chunk at a time (memory bounded by the chunk)."""
+    from drpose.data.multiview import SampleImages
+    from drpose.train.skel import view_latents
+
+    folder = load_or_build(tmp_path, RenderConfig(num_poses=6, resolution=16, held_out=3))
+    reads: list[int] = []
+    real = SampleImages.read
+    monkeypatch.setattr(SampleImages, "read", lambda self, row: reads.append(int(row))
+                        or real(self, row))
+    data = MultiViewRenders.load(folder.folder)
+    held = data.subset("eval")
+    assert reads == [] and held.normals.shape == (2, 6, 3, 16, 16)
+    assert held.masks[1, :, 0].shape == (6, 16, 16) and reads == [5]
+    assert held.colours[torch.tensor([True, False])].shape == (1, 6, 3, 16, 16)
+    assert reads == [5, 2]
+    reads.clear()
+    seen: list[int] = []
+
+    class CountingVAE(torch.nn.Module):  # records how many images each encode call gets
+        config = type("Config", (), {"scaling_factor": 1.0})
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def encode(self, images):
+            seen.append(len(images))
+            mode = images[:, :1, ::8, ::8].repeat(1, 4, 1, 1)
+            return type("Out", (), {"latent_dist": type("D", (), {"mode": lambda _: mode})()})
+
+    latents = view_latents(CountingVAE(), data, chunk=24)
+    assert latents.shape == (6, 6, 8, 2, 2)
+    assert sorted(reads) == sorted(2 * list(range(6)))  # normals and colours, once each
+    assert seen == [24, 24, 24]  # 2 samples x 6 views x 2 domains per call
+    torch.testing.assert_close(latents[4, :, :1], (data.normals[4][:, :1, ::8, ::8] / 255.0) * 2
+                               - 1)
+
+
+def test_interrupted_or_old_folders_are_rebuilt_and_bad_files_named(tmp_path):
+    from drpose.data.multiview import FORMAT_VERSION, sample_file
+
+    config = RenderConfig(num_poses=2, resolution=16, held_out=2)
+
+    def broken():
+        yield from build_renders(config)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_renders(broken(), config, tmp_path, show_progress=False)
+    assert sample_file(tmp_path, 1).is_file() and not (tmp_path / META_FILE).exists()
+    with pytest.raises(FileNotFoundError, match="load_or_build"):
+        MultiViewRenders.load(tmp_path)
+    data = load_or_build(tmp_path, config)  # no meta.json: built again
+    assert len(data) == 2
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(ValueError, match="rebuild"):
+        MultiViewRenders.load(tmp_path)
+    assert load_or_build(tmp_path).config == config  # an old format: rebuilt, same config
+    sample_file(tmp_path, 1).write_bytes(b"not an npz")
+    with pytest.raises(OSError, match=r"000001\.npz"):
+        MultiViewRenders.load(tmp_path).views(1)

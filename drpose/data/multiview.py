@@ -21,14 +21,19 @@ project_joints` (``visibility="frame"``: a skeleton map shows every joint, occlu
 because the reward only has the pose, not the scene's occlusions).
 
 Everything is deterministic given the config (pose selection, palettes from ``seed``). A folder
-holds ``renders.npz`` (uint8 images, float32 joints) and ``meta.json`` (the config); see
-:func:`load_or_build`.
+holds ``samples/NNNNNN.npz`` (one compressed file per sample: its uint8 images), ``arrays.npz``
+(the float32 joints, normalisations, poses and palettes of all samples) and ``meta.json`` (the
+config; written last, so it marks a complete folder); see :func:`load_or_build`. Images are
+built, written and read one sample at a time: memory does not grow with the number of samples
+(at 768², one sample's images are 24.8 MB of uint8).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from drpose._progress import progress
 from drpose.body import POSESCORE_JOINTS, load_smplx, posed_body
 from drpose.data import scans
 from drpose.data.synth import Palette, vertex_regions
@@ -46,9 +52,11 @@ from drpose.ops import interpolate, rasterize
 from drpose.render import cameras
 from drpose.render.conditions import encode_normals, vertex_normals
 
-FORMAT_VERSION = 1
-RENDERS_FILE = "renders.npz"
+FORMAT_VERSION = 2  # 1: one renders.npz with every sample's images
+SAMPLES_DIR = "samples"
+ARRAYS_FILE = "arrays.npz"
 META_FILE = "meta.json"
+IMAGE_ARRAYS = ("normals", "colours", "masks")
 NUM_VIEWS = len(cameras.BODY_VIEWS)
 
 
@@ -92,18 +100,23 @@ class RenderConfig:
 
 
 @dataclass
-class Renders:
-    """The arrays of N samples (see the module docstring); images uint8 (N, V, 3, R, R)."""
+class RenderedSample:
+    """One sample's arrays (see the module docstring); V = 6 body views, R the resolution."""
 
-    normals: np.ndarray
-    colours: np.ndarray
-    masks: np.ndarray  # (N, V, 1, R, R) uint8 0/1
-    joints: np.ndarray  # (N, 23, 3) float32 world metres
-    center: np.ndarray  # (N, 3) float32 metres
-    scale: np.ndarray  # (N,) float32 normalised units per metre
-    body_pose: np.ndarray  # (N, 63) float32
-    global_orient: np.ndarray  # (N, 3) float32
-    palette: np.ndarray  # (N, 5, 3) float32
+    normals: np.ndarray  # (V, 3, R, R) uint8
+    colours: np.ndarray  # (V, 3, R, R) uint8
+    masks: np.ndarray  # (V, 1, R, R) uint8 0/1
+    joints: np.ndarray  # (23, 3) float32 world metres
+    center: np.ndarray  # (3,) float32 metres
+    scale: np.ndarray  # () float32 normalised units per metre
+    body_pose: np.ndarray  # (63,) float32
+    global_orient: np.ndarray  # (3,) float32
+    palette: np.ndarray  # (5, 3) float32 (zeros for scans)
+
+
+def _to_uint8(images: Tensor) -> np.ndarray:
+    """Float images in [0, 1] -> uint8 (rounded)."""
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
 def _pose_set(config: RenderConfig) -> PoseSequence:
@@ -131,7 +144,7 @@ def camera_light(light: tuple[float, float, float]) -> Tensor:
     return torch.einsum("vij,i->vj", rotation, direction)
 
 
-def _scan_renders(config: RenderConfig) -> Renders:
+def _scan_renders(config: RenderConfig) -> Iterator[RenderedSample]:
     model = load_smplx(config.model_dir)
     lights = camera_light(config.light)
     if config.scans is not None:
@@ -140,31 +153,26 @@ def _scan_renders(config: RenderConfig) -> Renders:
         poses = select_render_poses(config)
         samples = scans.reposed_meshes(config.mesh, model, poses.body_pose, poses.global_orient,
                                        fit_steps=config.fit_steps, seed=config.seed)
-    out: dict[str, list] = {name: [] for name in Renders.__dataclass_fields__}
     for sample in samples:
         views = scans.render_scan(sample.mesh, config.resolution, lights, config.ambient)
-        out["normals"].append(views.normals)
-        out["colours"].append(views.colours)
-        out["masks"].append(views.masks)
-        out["joints"].append(sample.joints)
-        out["center"].append(views.normalization.center[0])
-        out["scale"].append(views.normalization.scale[0])
-        out["body_pose"].append(torch.from_numpy(sample.body_pose))
-        out["global_orient"].append(torch.from_numpy(sample.global_orient))
-        out["palette"].append(torch.zeros(5, 3))
-    arrays = {name: torch.stack(values) for name, values in out.items()}
-    for name in ("normals", "colours"):
-        arrays[name] = arrays[name] * 255 + 0.5
-    for name in ("normals", "colours", "masks"):
-        arrays[name] = arrays[name].to(torch.uint8)
-    return Renders(**{name: value.numpy() for name, value in arrays.items()})
+        yield RenderedSample(
+            normals=_to_uint8(views.normals), colours=_to_uint8(views.colours),
+            masks=views.masks.to(torch.uint8).numpy(),
+            joints=sample.joints.float().numpy(),
+            center=views.normalization.center[0].float().numpy(),
+            scale=views.normalization.scale[0].float().numpy(),
+            body_pose=np.asarray(sample.body_pose, np.float32),
+            global_orient=np.asarray(sample.global_orient, np.float32),
+            palette=np.zeros((5, 3), np.float32))
 
 
 @torch.no_grad()
-def build_renders(config: RenderConfig) -> Renders:
-    """Pose, select and render N samples (about 0.3 s per sample at R = 64 on 2 cores)."""
+def build_renders(config: RenderConfig) -> Iterator[RenderedSample]:
+    """Pose, select and render N samples, yielded one at a time (about 0.3 s per sample at
+    R = 64 on 2 cores)."""
     if config.scans is not None or config.mesh is not None:
-        return _scan_renders(config)
+        yield from _scan_renders(config)
+        return
     poses = select_render_poses(config)
     model = load_smplx(config.model_dir)
     faces = model.faces_tensor.to(torch.int32).contiguous()
@@ -179,7 +187,7 @@ def build_renders(config: RenderConfig) -> Renders:
     normals_world = vertex_normals(body.vertices, body.faces).float()
     lights = camera_light(config.light)  # (V, 3)
     size = (config.resolution, config.resolution)
-    out = {"normals": [], "colours": [], "masks": [], "palette": []}
+    joints = body.joints[:, list(POSESCORE_JOINTS.indices)].float()
     for i in range(len(poses)):
         palette = Palette.random(config.seed * 100003 + i)
         colours = torch.from_numpy(palette.colours)
@@ -195,45 +203,62 @@ def build_renders(config: RenderConfig) -> Renders:
         face_index = (rast[..., 3].round().long() - 1).clamp(min=0)
         colour = scans.lambert(albedo_faces[face_index], n, mask, lights, config.ambient)
         mask = mask.permute(0, 3, 1, 2)
-        out["normals"].append(encode_normals(n.permute(0, 3, 1, 2), mask))
-        out["colours"].append(colour.permute(0, 3, 1, 2).clamp(0, 1))
-        out["masks"].append(mask)
-        out["palette"].append(colours)
-
-    def to_uint8(images: list[Tensor]) -> np.ndarray:
-        return (torch.stack(images) * 255 + 0.5).to(torch.uint8).numpy()
-
-    return Renders(
-        normals=to_uint8(out["normals"]),
-        colours=to_uint8(out["colours"]),
-        masks=torch.stack(out["masks"]).to(torch.uint8).numpy(),
-        joints=body.joints[:, list(POSESCORE_JOINTS.indices)].float().numpy(),
-        center=norm.center.float().numpy(),
-        scale=norm.scale.float().numpy(),
-        body_pose=poses.body_pose.astype(np.float32),
-        global_orient=poses.global_orient.astype(np.float32),
-        palette=torch.stack(out["palette"]).numpy(),
-    )
+        yield RenderedSample(
+            normals=_to_uint8(encode_normals(n.permute(0, 3, 1, 2), mask)),
+            colours=_to_uint8(colour.permute(0, 3, 1, 2)),
+            masks=mask.to(torch.uint8).numpy(),
+            joints=joints[i].numpy(), center=norm.center[i].float().numpy(),
+            scale=norm.scale[i].float().numpy(),
+            body_pose=poses.body_pose[i].astype(np.float32),
+            global_orient=poses.global_orient[i].astype(np.float32),
+            palette=palette.colours.astype(np.float32))
 
 
 def _meta(config: RenderConfig) -> dict:
     return {"format_version": FORMAT_VERSION, "config": asdict(config)}
 
 
-def save_renders(renders: Renders, config: RenderConfig, folder: str | Path) -> Path:
-    """Write ``renders.npz`` then ``meta.json`` (the latter marks a complete folder)."""
+def sample_file(folder: str | Path, index: int) -> Path:
+    """Where sample ``index``'s images are in a renders folder."""
+    return Path(folder) / SAMPLES_DIR / f"{index:06d}.npz"
+
+
+def save_renders(samples: Iterable[RenderedSample], config: RenderConfig, folder: str | Path,
+                 *, show_progress: bool = True) -> Path:
+    """Write each sample's images as it comes (``samples/NNNNNN.npz``), then ``arrays.npz`` and
+    last ``meta.json``, which marks a complete folder: an interrupted write leaves no
+    ``meta.json``, and the next :func:`load_or_build` builds again."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RENDERS_FILE}.tmp.npz"
-    np.savez_compressed(tmp, **asdict(renders))
-    tmp.replace(folder / RENDERS_FILE)
+    (folder / META_FILE).unlink(missing_ok=True)
+    (folder / "renders.npz").unlink(missing_ok=True)  # format 1
+    shutil.rmtree(folder / SAMPLES_DIR, ignore_errors=True)
+    (folder / SAMPLES_DIR).mkdir()
+    small: dict[str, list[np.ndarray]] = {f.name: [] for f in fields(RenderedSample)
+                                          if f.name not in IMAGE_ARRAYS}
+    count = config.num_poses if config.scans is None else None
+    for i, sample in enumerate(progress(samples, enabled=show_progress, total=count,
+                                        desc=f"renders at {config.resolution} px")):
+        target = sample_file(folder, i)
+        tmp = target.with_name(f".{target.stem}.tmp.npz")
+        np.savez_compressed(tmp, **{name: getattr(sample, name) for name in IMAGE_ARRAYS})
+        tmp.replace(target)
+        for name, values in small.items():
+            values.append(getattr(sample, name))
+    if not small["joints"]:
+        raise ValueError(f"no samples to render for {folder} (an empty scan folder?)")
+    tmp = folder / f".{ARRAYS_FILE}.tmp.npz"
+    np.savez(tmp, **{name: np.stack(values) for name, values in small.items()})
+    tmp.replace(folder / ARRAYS_FILE)
     (folder / META_FILE).write_text(json.dumps(_meta(config), indent=1))
     return folder
 
 
-def load_or_build(folder: str | Path, config: RenderConfig | None = None) -> MultiViewRenders:
-    """The renders cached in ``folder``; built (and cached) when missing or made with another
-    config. ``config=None`` loads whatever the folder holds (defaults when empty)."""
+def load_or_build(folder: str | Path, config: RenderConfig | None = None, *,
+                  show_progress: bool = True) -> MultiViewRenders:
+    """The renders cached in ``folder``; built (and cached) when missing, of an older format or
+    made with another config. ``config=None`` loads whatever the folder holds (defaults when
+    empty)."""
     folder = Path(folder)
     meta_path = folder / META_FILE
     if meta_path.is_file():
@@ -241,35 +266,78 @@ def load_or_build(folder: str | Path, config: RenderConfig | None = None) -> Mul
         stored = RenderConfig(**{**meta["config"], "light": tuple(meta["config"]["light"])})
         if meta.get("format_version") == FORMAT_VERSION and config in (None, stored):
             return MultiViewRenders.load(folder)
+        config = config or stored
     config = config or RenderConfig()
-    save_renders(build_renders(config), config, folder)
+    save_renders(build_renders(config), config, folder, show_progress=show_progress)
     return MultiViewRenders.load(folder)
 
 
+class SampleImages:
+    """One image array of a renders folder, ``(N, V, C, R, R)`` uint8, read from the samples'
+    files when indexed (nothing is held in memory).
+
+    ``images[index]`` takes what a tensor takes for its first dimension (an int, a slice, an
+    index or boolean tensor or array), optionally followed by indices of the other dimensions
+    (``images[rows, :, 0]``), and returns a uint8 tensor. ``rows`` maps this array's samples to
+    the folder's (a split).
+    """
+
+    def __init__(self, folder: Path, name: str, rows: np.ndarray, shape: tuple[int, ...]) -> None:
+        self.folder, self.name, self.rows = folder, name, rows
+        self.shape = torch.Size((len(rows), *shape))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, row: int) -> np.ndarray:
+        """The images of the folder's sample ``row``."""
+        path = sample_file(self.folder, int(row))
+        try:
+            with np.load(path) as data:
+                return data[self.name]
+        except (OSError, KeyError, ValueError) as error:
+            raise OSError(f"{path}: cannot read the renders' {self.name} ({error}); rebuild "
+                          "the folder (python -m drpose.data renders --out ...)") from error
+
+    def __getitem__(self, index) -> Tensor:
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        if isinstance(first, Tensor):
+            first = first.cpu().numpy()
+        picked = self.rows[first]
+        if np.ndim(picked) == 0:
+            return torch.from_numpy(self.read(picked))[rest]
+        stacked = np.stack([self.read(row) for row in picked]) if len(picked) else \
+            np.zeros((0, *self.shape[1:]), np.uint8)
+        return torch.from_numpy(stacked)[(slice(None), *rest)]
+
+
 class MultiViewRenders(Dataset):
-    """The renders of a folder as a torch Dataset (all in memory; float images in [0, 1]).
+    """The renders of a folder as a torch Dataset (float images in [0, 1], read per sample).
 
     ``dataset[i]`` is a dict: ``image`` (3, R, R) the input view's colour image, ``normals`` and
     ``colours`` (V, 3, R, R), ``masks`` (V, 1, R, R), ``joints`` (23, 3) world metres, ``center``
     (3,), ``scale`` () (the :class:`~drpose.render.cameras.BodyNormalization` of the sample).
     ``split="train" | "eval" | "all"`` selects the samples (see ``RenderConfig.held_out``).
+    ``normals``, ``colours`` and ``masks`` are :class:`SampleImages` (uint8, read from disk when
+    indexed); ``joints``, ``center`` and ``scale`` are tensors in memory.
     """
 
-    def __init__(self, renders: Renders, config: RenderConfig, split: str = "all") -> None:
+    def __init__(self, folder: str | Path, config: RenderConfig, split: str = "all") -> None:
         if split not in ("train", "eval", "all"):
             raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")
-        index = np.arange(renders.joints.shape[0])
+        self.folder, self.config, self.split = Path(folder), config, split
+        with np.load(self.folder / ARRAYS_FILE) as data:
+            arrays = {name: data[name] for name in ("joints", "center", "scale")}
+        index = np.arange(arrays["joints"].shape[0])
         held = (index % config.held_out) == config.held_out - 1
         keep = {"train": ~held, "eval": held, "all": np.ones_like(held)}[split]
         self.indices = index[keep]
-        self.config = config
-        self.split = split
-        self.normals = torch.from_numpy(renders.normals[keep])
-        self.colours = torch.from_numpy(renders.colours[keep])
-        self.masks = torch.from_numpy(renders.masks[keep])
-        self.joints = torch.from_numpy(renders.joints[keep])
-        self.center = torch.from_numpy(renders.center[keep])
-        self.scale = torch.from_numpy(renders.scale[keep])
+        for name, values in arrays.items():
+            setattr(self, name, torch.from_numpy(values[keep]))
+        with np.load(sample_file(self.folder, 0)) as first:
+            shapes = {name: first[name].shape for name in IMAGE_ARRAYS}
+        for name in IMAGE_ARRAYS:
+            setattr(self, name, SampleImages(self.folder, name, self.indices, shapes[name]))
 
     @classmethod
     def load(cls, folder: str | Path, split: str = "all") -> MultiViewRenders:
@@ -279,23 +347,18 @@ class MultiViewRenders(Dataset):
             raise FileNotFoundError(f"{meta_path} missing: build the renders with "
                                     "drpose.data.multiview.load_or_build(folder)")
         meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder} holds renders of format {meta.get('format_version')}, "
+                             f"this version reads format {FORMAT_VERSION}: rebuild them with "
+                             "drpose.data.multiview.load_or_build(folder)")
         config = RenderConfig(**{**meta["config"], "light": tuple(meta["config"]["light"])})
-        with np.load(folder / RENDERS_FILE) as data:
-            renders = Renders(**{name: data[name] for name in data.files})
-        return cls(renders, config, split)
+        return cls(folder, config, split)
 
     def subset(self, split: str) -> MultiViewRenders:
         """The same renders restricted to ``split`` (this dataset must hold them all)."""
         if self.split != "all":
             raise ValueError("subset() needs a dataset loaded with split='all'")
-        data = MultiViewRenders.__new__(MultiViewRenders)
-        index = np.arange(len(self))
-        held = (index % self.config.held_out) == self.config.held_out - 1
-        keep = torch.from_numpy({"train": ~held, "eval": held, "all": np.ones_like(held)}[split])
-        data.indices, data.config, data.split = self.indices[keep.numpy()], self.config, split
-        for name in ("normals", "colours", "masks", "joints", "center", "scale"):
-            setattr(data, name, getattr(self, name)[keep])
-        return data
+        return MultiViewRenders(self.folder, self.config, split)
 
     def __len__(self) -> int:
         return int(self.joints.shape[0])

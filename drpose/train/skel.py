@@ -94,27 +94,44 @@ class SkelConfig:
 Config = SkelConfig  # the stage's config for ``python -m drpose.train skel``
 
 
+class _SampleViews(torch.utils.data.Dataset):
+    """``[normal | colour]`` views of some samples of a renders folder, uint8 ``(V, 2, 3, R, R)``
+    per item (one sample file read per item)."""
+
+    def __init__(self, data: MultiViewRenders, rows: Tensor) -> None:
+        self.data, self.rows = data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tensor:
+        row = int(self.rows[i])
+        return torch.stack([self.data.normals[row], self.data.colours[row]], dim=1)
+
+
 @torch.no_grad()
 def view_latents(vae: AutoencoderKL, data: MultiViewRenders, chunk: int = 48,
-                 index: slice | Tensor = slice(None)) -> Tensor:
+                 index: slice | Tensor = slice(None), workers: int = 0) -> Tensor:
     """``(N, V, 8, h, w)``: ``[normal | colour]`` latents of every view of ``data[index]``:
     ``vae.encode(2x - 1).latent_dist.mode() * scaling_factor`` (the pipeline's encoding),
     encoded on the VAE's device about ``chunk`` images at a time and returned on the CPU.
 
-    Only a chunk of samples is ever held as float images (at 768², 6 views x 2 domains: 85 MB
-    per sample in float32), so memory is the uint8 renders, one chunk, and the latents
-    (1.8 MB per sample at 96² latents)."""
+    The renders are read through a DataLoader (``workers`` processes decode ahead; pinned
+    memory on CUDA) a chunk of samples at a time, as uint8, converted to float on the VAE's
+    device: memory is one chunk's images (at 768², 6 views x 2 domains: 21 MB per sample in
+    uint8, 85 MB in float32) and the latents (1.8 MB per sample at 96² latents)."""
     rows = torch.arange(len(data))[index]
     per_sample = 2 * data.normals.shape[1]
     scale = vae.config.scaling_factor
+    loader = torch.utils.data.DataLoader(
+        _SampleViews(data, rows), batch_size=max(1, chunk // per_sample), num_workers=workers,
+        pin_memory=vae.device.type == "cuda")
     latents = []
-    for picked in rows.split(max(1, chunk // per_sample)):
-        normals, colours = data.views(picked)
-        both = torch.stack([normals, colours], dim=2)  # (n, V, 2, 3, R, R)
-        flat = both.flatten(0, 2).to(vae.device, vae.dtype)
+    for both in loader:  # (n, V, 2, 3, R, R) uint8
+        flat = both.flatten(0, 2).to(vae.device, non_blocking=True).to(vae.dtype) / 255
         encoded = vae.encode(flat * 2 - 1).latent_dist.mode() * scale
         latents.append(encoded.cpu().unflatten(0, both.shape[:3]).flatten(2, 3))
-    return torch.cat(latents)
+    return torch.cat(latents) if latents else torch.zeros(0)
 
 
 @torch.no_grad()
@@ -186,7 +203,9 @@ def run(config: SkelConfig, *, resume: bool = False) -> Path:
     vae_fingerprint = weights_fingerprint(vae)
     vae.to(device)
     train, held = data.subset("train"), data.subset("eval")
-    train_latents, held_latents = view_latents(vae, train), view_latents(vae, held)
+    workers = 2 if device.type == "cuda" else 0  # decode ahead while the GPU encodes
+    train_latents = view_latents(vae, train, workers=workers)
+    held_latents = view_latents(vae, held, workers=workers)
     torch.manual_seed(config.train.seed)
     del vae  # its latents are made
     net = SkeletonNet(in_channels=train_latents.shape[2], channels=tuple(config.channels),

@@ -73,8 +73,9 @@ def tiny_vae(config: VAEConfig, resolution: int) -> AutoencoderKL:
 
 
 def all_views(data: MultiViewRenders) -> Tensor:
-    """Every normal and colour view of ``data``: ``(N * V * 2, 3, R, R)`` uint8."""
-    return torch.cat([data.normals, data.colours], dim=1).flatten(0, 1)
+    """Every normal and colour view of ``data``: ``(N * V * 2, 3, R, R)`` uint8, in memory (the
+    tiny VAE's renders: 64 px)."""
+    return torch.cat([data.normals[:], data.colours[:]], dim=1).flatten(0, 1)
 
 
 def reconstruction_loss(vae: AutoencoderKL, images: Tensor, generator: torch.Generator,
