@@ -70,26 +70,28 @@ def run_part(name: str, commands: list[list[str]], out: Path, limit_s: float,
     return Part(name, status, time.perf_counter() - started, text[-3000:])
 
 
-def reward_commands(work: Path, *, small: bool, device: str) -> list[list[str]]:
-    """The README's steps at small scale in count, full scale in size (``small``: CPU, 64 px)."""
+def reward_commands(work: Path, *, side: int, device: str, pipeline: list[str],
+                    train: list[str]) -> list[list[str]]:
+    """The README's PSHuman steps at ``side`` px, small in count: a random PSHuman-shaped
+    pipeline (``pipeline``: extra ``random_pshuman`` flags), 12 poses' renders, 5 ``skel`` steps
+    on its VAE, a 4-sample DrPose15K, 2 steps of ``--config pshuman`` (``train``: extra flags).
+    The last command is ``python -m drpose.train``'s (``bench/bench_pshuman_step.py`` times it)."""
     py = sys.executable
-    side = "64" if small else "768"
     pipe, renders, data, runs = (work / "pipe", work / "renders", work / "data", work / "runs")
-    size = ["--small"] if small else ["--dtype", "bfloat16"]
-    train = ["--device", device, "--train.runs_dir", str(runs), "--train.progress", "false"]
-    rollout = ["--num_steps", "3", "--early_stop", "1"] if small else []
+    common = ["--device", device, "--train.runs_dir", str(runs), "--train.progress", "false"]
     return [
-        [py, "-m", "drpose.pipelines.random_pshuman", "--out", str(pipe), *size],
-        [py, "-m", "drpose.data", "renders", "--out", str(renders), "--resolution", side,
+        [py, "-m", "drpose.pipelines.random_pshuman", "--out", str(pipe), "--image-side",
+         str(side), *pipeline],
+        [py, "-m", "drpose.data", "renders", "--out", str(renders), "--resolution", str(side),
          "--num-poses", "12", "--held-out", "4"],
         [py, "-m", "drpose.train", "skel", "--pipeline", str(pipe), "--renders", str(renders),
-         "--train.steps", "5", "--train.checkpoint_every", "5", *train],
+         "--train.steps", "5", "--train.checkpoint_every", "5", *common],
         [py, "-m", "drpose.data", "build", "--motion", "default", "--out", str(data),
-         "--anchors", "2", "--neighbours", "1", "--resolution", side, "--no-progress"],
+         "--anchors", "2", "--neighbours", "1", "--resolution", str(side), "--no-progress"],
         [py, "-m", "drpose.train", "--config", "pshuman", "--pipeline", str(pipe),
          "--skel", str(runs / "skel" / "skel"), "--data", str(data), "--held_out", "2",
          "--eval_samples", "1", "--image_every", "0", "--train.steps", "2",
-         "--train.log_every", "1", "--train.checkpoint_every", "2", *rollout, *train],
+         "--train.log_every", "1", "--train.checkpoint_every", "2", *common, *train],
     ]
 
 
@@ -157,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "tests/test_on_device.py"]], out, 150,
                               {**env, "DRPOSE_TEST_DEVICE": "cuda"}))
     work = out / "work"
-    parts.append(run_part("reward", reward_commands(work, small=args.small, device=device),
+    if args.small:  # CPU: the small pipeline at 64 px, short rollouts
+        commands = reward_commands(work, side=64, device=device, pipeline=["--small"],
+                                   train=["--num_steps", "3", "--early_stop", "1"])
+    else:
+        commands = reward_commands(work, side=768, device=device,
+                                   pipeline=["--dtype", "bfloat16"], train=[])
+    parts.append(run_part("reward", commands,
                           out, 600 if args.small else 270, env))
     numbers = reward_numbers(work)
     if not args.small:
