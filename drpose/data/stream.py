@@ -10,6 +10,9 @@ read when an item is asked for, so resident memory does not grow with ``N``:
 * :class:`TensorPairs` holds its images in memory (the default multi-view renders, tests);
 * :class:`DrPose15KPairs` reads one PNG of a DrPose15K folder per item.
 
+A pair's image may be replaced by its condition encodings (``drpose.train.conditions``:
+``(latents, embeds)`` tensors instead of the image), which batches carry as they are.
+
 Training draws micro-batch ``k``'s samples from ``step_generator(seed, k, rank)``
 (:func:`step_picks`), so a resumed run loads exactly what an uninterrupted one would;
 :class:`StepBatches` loads those micro-batches ahead of the step through a
@@ -23,13 +26,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from drpose.body.joints import POSESCORE_JOINTS
 from drpose.data.dataset import SHARDS_DIR, DrPoseDataset, image_name, read_rgba, shard_name
 from drpose.render import cameras
 
-Pair = tuple[Tensor, Tensor, int]
+Inputs = Tensor | Sequence[Tensor]  # an image, or condition encodings (module docstring)
+Pair = tuple[Inputs, Tensor, int]
 
 
 class PosePairs(Dataset):
@@ -48,7 +52,7 @@ class PosePairs(Dataset):
     def __len__(self) -> int:
         return self.joints.shape[0]
 
-    def image(self, i: int) -> Tensor:
+    def image(self, i: int) -> Inputs:
         """Sample ``i``'s input image ``(3, R, R)``, uint8 (or float in [0, 1])."""
         raise NotImplementedError
 
@@ -58,16 +62,23 @@ class PosePairs(Dataset):
         return self.image(i), self.joints[i], i
 
     def batch(self, indices: Tensor, device: torch.device | str = "cpu"
-              ) -> tuple[Tensor, Tensor]:
-        """(images ``(B, 3, R, R)`` float in [0, 1], joints ``(B, J, 3)``) of ``indices``, on
-        ``device``."""
-        images = torch.stack([self.image(int(i)) for i in indices])
-        return as_float_images(images.to(device)), self.joints[indices].to(device)
+              ) -> tuple[Inputs, Tensor]:
+        """(images ``(B, 3, R, R)`` float in [0, 1] (or the encodings, batched), joints
+        ``(B, J, 3)``) of ``indices``, on ``device``."""
+        inputs = default_collate([self.image(int(i)) for i in indices])
+        return inputs_on(inputs, torch.device(device)), self.joints[indices].to(device)
 
 
 def as_float_images(images: Tensor) -> Tensor:
     """uint8 images as float32 in [0, 1]; float images unchanged."""
     return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
+def inputs_on(inputs: Inputs, device: torch.device, non_blocking: bool = False) -> Inputs:
+    """A batch's inputs on ``device``: images as float in [0, 1], encodings as they are."""
+    if isinstance(inputs, Tensor):
+        return as_float_images(inputs.to(device, non_blocking=non_blocking))
+    return tuple(t.to(device, non_blocking=non_blocking) for t in inputs)
 
 
 class TensorPairs(PosePairs):
@@ -160,9 +171,9 @@ class StepBatches:
                             prefetch_factor=2 if self.workers else None)
         self._batches, self._next = iter(loader), index
 
-    def get(self, index: int, picks: Tensor) -> tuple[Tensor, Tensor]:
-        """(images ``(B, 3, R, R)`` float in [0, 1], joints ``(B, J, 3)``) of micro-batch
-        ``index``, on the device."""
+    def get(self, index: int, picks: Tensor) -> tuple[Inputs, Tensor]:
+        """(images ``(B, 3, R, R)`` float in [0, 1] (or the encodings), joints ``(B, J, 3)``)
+        of micro-batch ``index``, on the device."""
         if index != self._next or self._batches is None:
             self._start(index)
         images, joints, rows = next(self._batches)
@@ -170,8 +181,9 @@ class StepBatches:
         if not torch.equal(rows, picks):
             raise RuntimeError(f"micro-batch {index}: loaded samples {rows.tolist()}, the step "
                                f"drew {picks.tolist()}")
-        copy = {"non_blocking": self.device.type == "cuda"}
-        return as_float_images(images.to(self.device, **copy)), joints.to(self.device, **copy)
+        non_blocking = self.device.type == "cuda"
+        return (inputs_on(images, self.device, non_blocking),
+                joints.to(self.device, non_blocking=non_blocking))
 
     def close(self) -> None:
         """Stop the worker processes (they also stop when this object is collected)."""

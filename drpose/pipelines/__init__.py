@@ -1,5 +1,10 @@
 """drpose.pipelines: image -> multi-view normal and colour images (PSHuman's conditioning)."""
 
-from drpose.pipelines.multiview import MultiViewCondition, MultiViewOutput, MultiViewPipeline
+from drpose.pipelines.multiview import (
+    ImageEncodings,
+    MultiViewCondition,
+    MultiViewOutput,
+    MultiViewPipeline,
+)
 
-__all__ = ["MultiViewCondition", "MultiViewOutput", "MultiViewPipeline"]
+__all__ = ["ImageEncodings", "MultiViewCondition", "MultiViewOutput", "MultiViewPipeline"]

@@ -101,6 +101,21 @@ class MultiViewCondition:
 
 
 @dataclass
+class ImageEncodings:
+    """The costly, deterministic part of a condition (what :meth:`MultiViewPipeline.
+    encode_images` computes; ``drpose.train.conditions`` caches it), for B objects of n = 1
+    condition image (2 with a face view: the image and its face crop).
+
+    Attributes:
+        latents: ``(B, n, 4, h, w)``: VAE latents (``mode() * scaling_factor``).
+        embeds: ``(B, n, E)``: CLIP image embeddings (before unCLIP noise augmentation).
+    """
+
+    latents: Tensor
+    embeds: Tensor
+
+
+@dataclass
 class MultiViewOutput:
     """Generated views of B objects; V = body views (+1 face view, last).
 
@@ -256,9 +271,25 @@ class MultiViewPipeline:
         )
         return torch.cat([self.image_normalizer.unscale(noised), embedded_level.to(embeds)], dim=1)
 
+    def encode_images(self, image: Tensor | Image.Image | Sequence[Image.Image]
+                      ) -> ImageEncodings:
+        """VAE latents and CLIP embeddings of B objects' condition images (see
+        :meth:`encode_condition` for ``image``), on the pipeline's device."""
+        image = as_image_tensor(image).to(self.device)
+        if image.shape[-1] % self.vae_scale_factor:
+            raise ValueError(
+                f"image side {image.shape[-1]} must be divisible by the VAE's downsampling factor "
+                f"{self.vae_scale_factor}"
+            )
+        distinct = self.view_images(image)  # (B, 1|2, 3, H, W)
+        flat = distinct.flatten(0, 1)
+        embeds = self.image_encoder(self.clip_pixels(flat)).image_embeds
+        return ImageEncodings(self.encode_latents(flat).unflatten(0, distinct.shape[:2]),
+                              embeds.unflatten(0, distinct.shape[:2]))
+
     def encode_condition(
         self,
-        image: Tensor | Image.Image | Sequence[Image.Image],
+        image: Tensor | Image.Image | Sequence[Image.Image] | ImageEncodings,
         smplx_maps: Tensor | None = None,
         *,
         noise_level: int = 0,
@@ -268,7 +299,8 @@ class MultiViewPipeline:
 
         Args:
             image: ``(B, 3, H, W)`` float in [0, 1] (square, H divisible by the VAE factor, the
-                body normalised and composited on white as PSHuman), or PIL image(s).
+                body normalised and composited on white as PSHuman), or PIL image(s), or their
+                :meth:`encode_images` (e.g. cached: the same condition, without re-encoding).
             smplx_maps: for 12-channel UNets only: ``(B, V_body or V, 3, H, W)`` in [0, 1], the
                 SMPL-X condition map of each view (``drpose.render``); with V_body maps the face
                 view gets the face crop of view 0's map.
@@ -277,12 +309,6 @@ class MultiViewPipeline:
 
         Call it under ``torch.no_grad()`` when training: nothing here is trained.
         """
-        image = as_image_tensor(image).to(self.device)
-        if image.shape[-1] % self.vae_scale_factor:
-            raise ValueError(
-                f"image side {image.shape[-1]} must be divisible by the VAE's downsampling factor "
-                f"{self.vae_scale_factor}"
-            )
         extra = self.unet.config.in_channels - 8
         if extra not in (0, 4):
             raise ValueError(
@@ -293,13 +319,15 @@ class MultiViewPipeline:
                 "smplx_maps are needed by (and only by) a 12-channel UNet; this UNet has "
                 f"{self.unet.config.in_channels} input channels"
             )
-        distinct = self.view_images(image)  # (B, 1|2, 3, H, W)
-        batch, count = distinct.shape[:2]
-        flat = distinct.flatten(0, 1)
-        latents = self.expand_views(self.encode_latents(flat).unflatten(0, (batch, count)))
+        encoded = image if isinstance(image, ImageEncodings) else self.encode_images(image)
+        batch, count = encoded.latents.shape[:2]
+        if count != (2 if self.unet.config.face_view else 1):
+            raise ValueError(f"image encodings of {count} condition images per object; this "
+                             f"UNet needs {2 if self.unet.config.face_view else 1}")
+        latents = self.expand_views(encoded.latents.to(self.device, self.vae.dtype))
         if smplx_maps is not None:
             latents = torch.cat([latents, self.encode_latents(self.smplx_views(smplx_maps))], 1)
-        embeds = self.image_encoder(self.clip_pixels(flat)).image_embeds
+        embeds = encoded.embeds.to(self.device, self.image_encoder.dtype).flatten(0, 1)
         labels = self.noise_image_embeddings(embeds, noise_level, generator)
         labels = self.expand_views(labels.unflatten(0, (batch, count)))
         prompts = self.prompt_embeds[:, None].expand(-1, batch, -1, -1, -1).flatten(1, 2)

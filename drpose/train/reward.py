@@ -34,15 +34,23 @@ from drpose._files import make_readable, save_safetensors
 from drpose.body.joints import SMPLX_PARENTS
 from drpose.data.dataset import DrPoseDataset
 from drpose.data.multiview import MultiViewRenders
-from drpose.data.stream import DrPose15KPairs, PosePairs, StepBatches, TensorPairs, step_picks
+from drpose.data.stream import (
+    DrPose15KPairs,
+    Inputs,
+    PosePairs,
+    StepBatches,
+    TensorPairs,
+    step_picks,
+)
 from drpose.pipelines.default import default_chain_dir
-from drpose.pipelines.multiview import MultiViewCondition, MultiViewPipeline
+from drpose.pipelines.multiview import ImageEncodings, MultiViewCondition, MultiViewPipeline
 from drpose.render.conditions import save_view_grid
 from drpose.render.draw import draw_skeletons
 from drpose.reward import PoseScore, latents_from_rows
 from drpose.reward.judges import judge_rollout
 from drpose.train import pretrain
 from drpose.train import skel as skel_stage
+from drpose.train.conditions import CachedPairs, ConditionCache
 from drpose.train.engine import (
     StepOutput,
     TrainConfig,
@@ -88,6 +96,8 @@ class RewardConfig:
     workers: int | None = None      # DataLoader processes reading training pairs ahead of the
     #                                 step; None: 4 on CUDA, 0 (in the training process) on CPU
     cache_dir: str | None = None    # where the default assets live ($DRPOSE_CACHE/default)
+    cache_conditions: bool = False  # encode each training sample's image once, before the
+    #                                 first step, into <run>/conditions (drpose.train.conditions)
 
     def __post_init__(self) -> None:
         if self.finetune not in ("lora", "full"):
@@ -202,7 +212,10 @@ class RewardTuner:
 
         return step
 
-    def encode(self, images: Tensor, generator: torch.Generator) -> MultiViewCondition:
+    def encode(self, images: Inputs, generator: torch.Generator) -> MultiViewCondition:
+        """The condition of a batch of images, or of their cached encodings."""
+        if not isinstance(images, Tensor):
+            images = ImageEncodings(*images)
         with torch.no_grad():
             return self.pipe.encode_condition(images, generator=generator)
 
@@ -218,7 +231,7 @@ class RewardTuner:
                     generator=generator)
         return save_grid(self.pipe, self.reward, x0, joints, path)
 
-    def loss(self, images: Tensor, joints: Tensor, generator: torch.Generator) -> RewardStep:
+    def loss(self, images: Inputs, joints: Tensor, generator: torch.Generator) -> RewardStep:
         config = self.config
         cond = self.encode(images, generator)
         plan = plan_rollout(config.num_steps, config.trained_steps, config.early_stop, generator)
@@ -430,6 +443,13 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
             with tuner.reference_model():
                 tuner.save_eval_grid(eval_data, run_dir / "grid_before.png")
     rank = trainer.accelerator.process_index
+    if config.cache_conditions:  # built by the main process, read by all
+        folder = run_dir / "conditions"
+        if main:
+            ConditionCache.build(pipe, train_data, folder, workers=config.resolved_workers(device),
+                                 show_progress=config.train.progress)
+        trainer.accelerator.wait_for_everyone()
+        train_data = CachedPairs(train_data, ConditionCache(folder, pipe.vae.dtype))
     batches = StepBatches(train_data, config.batch_size, config.train.seed, rank,
                           config.train.steps * config.train.grad_accum, device=device,
                           workers=config.resolved_workers(device))
