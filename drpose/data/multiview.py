@@ -334,10 +334,11 @@ class MultiViewRenders(Dataset):
         self.indices = index[keep]
         for name, values in arrays.items():
             setattr(self, name, torch.from_numpy(values[keep]))
-        with np.load(sample_file(self.folder, 0)) as first:
-            shapes = {name: first[name].shape for name in IMAGE_ARRAYS}
+        side = config.resolution
         for name in IMAGE_ARRAYS:
-            setattr(self, name, SampleImages(self.folder, name, self.indices, shapes[name]))
+            channels = 1 if name == "masks" else 3
+            setattr(self, name, SampleImages(self.folder, name, self.indices,
+                                             (NUM_VIEWS, channels, side, side)))
 
     @classmethod
     def load(cls, folder: str | Path, split: str = "all") -> MultiViewRenders:

@@ -12,9 +12,10 @@ condition image, 2 with a face view):
 * ``meta.json``, written last: the fingerprints of the VAE and image encoder, the samples' count
   and a hash of their joints. A cache whose ``meta.json`` does not match is built again.
 
-float32 holds the encoder's bf16 / fp16 outputs exactly, and :meth:`ConditionCache.inputs`
-returns them in the encoder's dtype, so a cached step computes exactly what an uncached one
-does (the embedding's noise augmentation still draws from the step's generator).
+float32 holds the encoders' bf16 / fp16 outputs exactly, and
+:meth:`~drpose.pipelines.MultiViewPipeline.encode_condition` casts them back to the encoders'
+dtypes, so a cached step computes what an uncached one does (the embedding's noise
+augmentation still draws from the step's generator).
 :class:`CachedPairs` serves these encodings in place of the images.
 """
 
@@ -34,7 +35,8 @@ from drpose.data.stream import PosePairs, inputs_on
 from drpose.models.fingerprint import weights_fingerprint
 from drpose.pipelines.multiview import MultiViewPipeline
 
-LATENTS_FILE, EMBEDS_FILE, META_FILE = "latents.npy", "embeds.npy", "meta.json"
+ARRAY_FILES = {"latents": "latents.npy", "embeds": "embeds.npy"}
+META_FILE = "meta.json"
 
 
 def cache_key(pipe: MultiViewPipeline, pairs: PosePairs) -> dict[str, object]:
@@ -49,19 +51,18 @@ def cache_key(pipe: MultiViewPipeline, pairs: PosePairs) -> dict[str, object]:
 class ConditionCache:
     """The encodings of a cache folder (module docstring), memory-mapped."""
 
-    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.latents = np.load(self.folder / LATENTS_FILE, mmap_mode="r")
-        self.embeds = np.load(self.folder / EMBEDS_FILE, mmap_mode="r")
-        self.dtype = dtype
+        self.latents, self.embeds = (np.load(self.folder / ARRAY_FILES[name], mmap_mode="r")
+                                     for name in ("latents", "embeds"))
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
     def inputs(self, i: int) -> tuple[Tensor, Tensor]:
-        """Sample ``i``'s (latents ``(n, 4, h, w)``, embeds ``(n, E)``) in the encoders' dtype."""
-        return (torch.from_numpy(np.array(self.latents[i])).to(self.dtype),
-                torch.from_numpy(np.array(self.embeds[i])).to(self.dtype))
+        """Sample ``i``'s (latents ``(n, 4, h, w)``, embeds ``(n, E)``), float32 copies."""
+        return (torch.from_numpy(np.array(self.latents[i])),
+                torch.from_numpy(np.array(self.embeds[i])))
 
     @classmethod
     @torch.no_grad()
@@ -74,9 +75,8 @@ class ConditionCache:
         folder = Path(folder)
         key = cache_key(pipe, pairs)
         meta = folder / META_FILE
-        dtype = pipe.vae.dtype
         if meta.is_file() and json.loads(meta.read_text()) == key:
-            return cls(folder, dtype)
+            return cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta.unlink(missing_ok=True)
         loader = DataLoader(pairs, batch_size=batch_size, num_workers=workers,
@@ -89,7 +89,7 @@ class ConditionCache:
             for name, values in (("latents", encoded.latents), ("embeds", encoded.embeds)):
                 if name not in files:
                     files[name] = np.lib.format.open_memmap(
-                        folder / f".{name}.tmp.npy", mode="w+", dtype=np.float32,
+                        folder / f".{ARRAY_FILES[name]}.tmp", mode="w+", dtype=np.float32,
                         shape=(len(pairs), *values.shape[1:]))
                 files[name][rows.numpy()] = values.float().cpu().numpy()
             done += len(rows)
@@ -97,10 +97,10 @@ class ConditionCache:
             raise RuntimeError(f"condition cache {folder}: encoded {done} of {len(pairs)} samples")
         for name, array in files.items():
             array.flush()
-            (folder / f".{name}.tmp.npy").replace(folder / f"{name}.npy")
+            (folder / f".{ARRAY_FILES[name]}.tmp").replace(folder / ARRAY_FILES[name])
         files.clear()  # closes the memory maps
         meta.write_text(json.dumps(key, indent=1))
-        return cls(folder, dtype)
+        return cls(folder)
 
 
 class CachedPairs(PosePairs):

@@ -449,7 +449,7 @@ def train_reward(config: RewardConfig, pipe: MultiViewPipeline, reward: PoseScor
             ConditionCache.build(pipe, train_data, folder, workers=config.resolved_workers(device),
                                  show_progress=config.train.progress)
         trainer.accelerator.wait_for_everyone()
-        train_data = CachedPairs(train_data, ConditionCache(folder, pipe.vae.dtype))
+        train_data = CachedPairs(train_data, ConditionCache(folder))
     batches = StepBatches(train_data, config.batch_size, config.train.seed, rank,
                           config.train.steps * config.train.grad_accum, device=device,
                           workers=config.resolved_workers(device))
