@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import importlib
 import math
+import os
 import sys
 
 import pytest
@@ -381,3 +382,30 @@ def test_cuda_backend_needs_cuda_tensors_and_only_the_loss_has_it():
     q = torch.zeros(6, 1, 4, 8)
     with pytest.raises(ValueError, match="backend must be one of"):
         row_attention(q, q, q, views=6, height=2, backend="cuda")
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``address`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(part, 16) for part in head.split("-"))
+                inside = low <= address < high
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+                    reason="a Linux kernel with transparent huge pages")
+@pytest.mark.skipif(not _extension.available(), reason="drpose._C not built")
+def test_one_pass_gradient_is_advised_huge_pages():
+    """The kept gradient of a large map stack is madvise(MADV_HUGEPAGE)'d before its first write
+    (VmFlags "hg"), whether or not the kernel then finds 2 MB pages; values are tested above."""
+    logits = torch.randn(1, 1, 23, 256, 256).requires_grad_()  # 6 MB: whole 2 MB pages inside
+    keypoints = torch.rand(1, 1, 23, 2) * 256
+    pose_heatmap_loss(logits, keypoints, backend="cpu").backward()
+    hugepage_aligned = (logits.grad.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
+    assert "hg" in _vm_flags(hugepage_aligned)
