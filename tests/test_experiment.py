@@ -180,3 +180,43 @@ def test_quick_experiment_end_to_end_and_rerun_reuses_stages(tmp_path, capsys) -
     capsys.readouterr()
     experiment.run_experiment(config, out)
     assert capsys.readouterr().out.count("done before, reused") == 13
+
+
+def _curve(*points: tuple[int, float, float, float]) -> list[dict[str, float]]:
+    return [{"step": s, "reward_posescore": r, "judge_posescore": j, "iou": i}
+            for s, r, j, i in points]
+
+
+def test_hacking_verdict_names_the_interval_where_judges_fall() -> None:
+    """Reward up throughout; the judges rise to step 40 and fall after it. From step 0 the run
+    still looks fine, so only the interval check can tell."""
+    from drpose.eval.experiment import hacking_verdict
+
+    text = hacking_verdict(_curve((0, -0.05, -0.05, 0.40), (40, -0.049, -0.048, 0.50),
+                                  (60, -0.048, -0.049, 0.45)))
+    assert "did not fall" in text  # step 0 -> 60: reward +0.002, judge +0.001, IoU +0.05
+    assert "From step 40 to 60 the reward rose by 0.00100" in text
+    assert "judge PoseScore fell by 0.00100" in text and "silhouette IoU fell by 0.0500" in text
+    assert "From step 0 to 40 the reward rose" not in text
+
+
+def test_hacking_verdict_whole_run_and_no_rise() -> None:
+    from drpose.eval.experiment import hacking_verdict
+
+    hacked = hacking_verdict(_curve((0, -0.05, -0.05, 0.40), (20, -0.04, -0.06, 0.41)))
+    assert "fell: this is reward hacking" in hacked and "judge PoseScore fell by 0.01000" in hacked
+    flat = hacking_verdict(_curve((0, -0.05, -0.05, 0.40), (20, -0.05, -0.06, 0.30)))
+    assert "did not rise" in flat and "sets in" not in flat
+    assert hacking_verdict(_curve((0, -0.05, -0.05, 0.4))).startswith("No curve")
+
+
+def test_final_verdict_lists_the_judges_that_got_worse() -> None:
+    from drpose.eval.experiment import METRICS, final_verdict
+
+    base = {"model": "base", **{m: 0.0 for m in METRICS}}
+    no_kl = {**base, "model": "no_kl", "reward_posescore": 0.01, "iou": 0.1,
+             "normal_error_deg": 9.0}  # lower is better for the normal error
+    text = final_verdict([base, no_kl], "no_kl")
+    assert text is not None and "rose; judges that got worse: normal error" in text
+    assert text.endswith("reward hacking.") and "IoU" not in text.split("worse:")[1]
+    assert final_verdict([base], "drpose") is None

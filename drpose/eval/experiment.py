@@ -33,6 +33,7 @@ the carved meshes do not resolve the difference (README, mesh benchmark).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import time
@@ -531,7 +532,9 @@ def mean_curve(models: dict, kind: str) -> list[dict[str, float]]:
 
 
 def hacking_verdict(curve: list[dict[str, float]]) -> str:
-    """One sentence on the curve: reward and judges from the first point to the last."""
+    """Sentences on a curve: reward and judges from the first point to the last, and every
+    interval between curve points in which the reward rose while a judge fell (reward hacking,
+    or its onset when the whole run still looks fine)."""
     if len(curve) < 2:
         return "No curve (fewer than two points)."
     first, last = curve[0], curve[-1]
@@ -547,7 +550,31 @@ def hacking_verdict(curve: list[dict[str, float]]) -> str:
         text += " The reward rose and the judges did not fall."
     else:
         text += " The reward did not rise on the held-out poses."
+    for start, end in itertools.pairwise(curve):
+        step = {m: end[m] - start[m] for m in ("reward_posescore", "judge_posescore", "iou")}
+        fell = [f"the {LABELS[m]} fell by {-step[m]:.{5 if m != 'iou' else 4}f}"
+                for m in ("judge_posescore", "iou") if step[m] < 0]
+        if step["reward_posescore"] > 0 and fell:
+            text += (f" From step {start['step']} to {end['step']} the reward rose by "
+                     f"{step['reward_posescore']:.5f} while {' and '.join(fell)}: reward "
+                     "hacking sets in there.")
     return text
+
+
+def final_verdict(table: list[dict], kind: str) -> str | None:
+    """A sentence on the final model ``kind`` against the base model: whether the reward rose
+    and which judges got worse (None when either row is missing)."""
+    base_row = next((r for r in table if r["model"] == "base"), None)
+    row = next((r for r in table if r["model"] == kind), None)
+    if base_row is None or row is None:
+        return None
+    up = row["reward_posescore"] > base_row["reward_posescore"]
+    worse = [LABELS[m] for m in METRICS[1:]
+             if (row[m] - base_row[m]) * (1 if HIGHER_IS_BETTER[m] else -1) < 0]
+    return (f"{MODEL_LABELS[kind]} against the base model: the reward's PoseScore "
+            f"{'rose' if up else 'did not rise'}; judges that got worse: "
+            f"{', '.join(worse) if worse else 'none'}."
+            + (" The reward rose while judges fell: reward hacking." if up and worse else ""))
 
 
 def plot_curves(config: ExperimentConfig, models: dict, path: Path) -> None:
@@ -678,17 +705,9 @@ def write_report(config: ExperimentConfig, out: Path, results: dict, held: Multi
         curve = mean_curve(models, kind)
         if curve:
             lines.append(f"{MODEL_LABELS[kind]}: {hacking_verdict(curve)}")
-    base_row = next((r for r in table if r["model"] == "base"), None)
-    drpose_row = next((r for r in table if r["model"] == "drpose"), None)
-    if base_row and drpose_row:
-        up = drpose_row["reward_posescore"] > base_row["reward_posescore"]
-        worse = [LABELS[m] for m in METRICS[1:]
-                 if (drpose_row[m] - base_row[m]) * (1 if HIGHER_IS_BETTER[m] else -1) < 0]
-        lines += ["", "Final models, DrPose against the base model: the reward's PoseScore "
-                  f"{'rose' if up else 'did not rise'}; judges that got worse: "
-                  f"{', '.join(worse) if worse else 'none'}."
-                  + (" The reward rose while judges fell: reward hacking." if up and worse
-                     else "")]
+    verdicts = [final_verdict(table, kind) for kind in ("drpose", *config.ablations)]
+    if any(verdicts):
+        lines += ["", "Final models:", ""] + [f"- {v}" for v in verdicts if v]
     lines += ["", "`grid.png`: per held-out pose, rows true normals, true colours, base "
               "normals, base colours, DrPose normals, DrPose colours (first seed); the first "
               "column of the first row is the input image.", "",
