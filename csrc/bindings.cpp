@@ -8,6 +8,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pose_heatmap_loss_forward_cpu", &drpose::pose_heatmap_loss_forward_cpu);
   m.def("pose_heatmap_loss_backward_cpu", &drpose::pose_heatmap_loss_backward_cpu);
   m.def("pose_heatmap_loss_forward_grad_cpu", &drpose::pose_heatmap_loss_forward_grad_cpu);
+  m.def("pose_heatmap_loss_cpu_isa", &drpose::pose_heatmap_loss_cpu_isa,
+        pybind11::arg("choice") = "");
   m.def("rasterize_forward_cpu", &drpose::rasterize_forward_cpu);
   m.def("rasterize_backward_cpu", &drpose::rasterize_backward_cpu);
   m.def("interpolate_forward_cpu", &drpose::interpolate_forward_cpu);

@@ -5,6 +5,7 @@
 
 #include <torch/extension.h>
 
+#include <string>
 #include <tuple>
 
 namespace drpose {
@@ -28,7 +29,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pose_heatmap_loss_forward_grad_cp
 
 // rasterize / interpolate: nvdiffrast's contract; see csrc/rasterize_math.h (the maths, shared
 // by the CPU and CUDA kernels) and drpose/ops/rasterize.py. pos (N, V, 4) clip space, tri (T, 3)
-// int32 -> rast (N, H, W, 4); attr (N | 1, V, A) -> (N, H, W, A).
+// int32 -> rast (N, H, W, 4); attr (N | 1, V, A) -> (N, H, W, A).// The instruction set of the CPU map loop for float logits: "avx2" (a portable x86 build on a
+// CPU with AVX2 + FMA), "baseline" (the build's target; forced by choice "baseline", undone by
+// "auto"), or "build" (the build already targets this CPU, e.g. DRPOSE_NATIVE=1). "" asks only.
+std::string pose_heatmap_loss_cpu_isa(const std::string& choice);
+
 at::Tensor rasterize_forward_cpu(const at::Tensor& pos, const at::Tensor& tri, int64_t height,
                                  int64_t width);
 at::Tensor rasterize_backward_cpu(const at::Tensor& grad_rast, const at::Tensor& pos,

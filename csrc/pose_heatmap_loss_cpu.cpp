@@ -11,11 +11,15 @@
 // The target is separable, t = gx[x] gy[y]: gx is computed once per map and gy once per row, so
 // a pixel costs one multiply for its target. The keypoint sums are formed per row,
 // sum_x df/dt gx (x - kx) and sum_x df/dt gx, then weighted by gy and gy (y - ky). Pixel sums of a
-// row are accumulated in acc_t (vectorised), the rows of a map in double.
+// row are accumulated in acc_t (vectorised), the rows of a map in double. The map loop is in
+// pose_heatmap_loss_cpu_maps.inc, compiled for the build's instruction set and, in a portable
+// x86 build, for AVX2 + FMA too (chosen at run time).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -26,66 +30,65 @@
 #include "ops.h"
 #include "pose_heatmap_loss_math.h"
 
+// GCC on x86 without AVX2 in its target (a portable build) also compiles the map loop for AVX2 +
+// FMA and picks it at run time (below).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX2__)
+#define DRPOSE_AVX2_DISPATCH 1
+#else
+#define DRPOSE_AVX2_DISPATCH 0
+#endif
+
 namespace drpose {
 namespace {
 
 using heatmap::Loss;
 
+#define DRPOSE_ISA baseline
+#include "pose_heatmap_loss_cpu_maps.inc"
+#undef DRPOSE_ISA
+
+#if DRPOSE_AVX2_DISPATCH
+// The same loop for AVX2 + FMA (8 floats per register, fused multiply-adds), run on CPUs that
+// have them; a build for such a CPU (-march=native, DRPOSE_NATIVE=1) has no need of it.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define DRPOSE_ISA avx2
+#include "pose_heatmap_loss_cpu_maps.inc"
+#undef DRPOSE_ISA
+#pragma GCC pop_options
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+// False after pose_heatmap_loss_cpu_isa("baseline") (tests run both loops against the reference).
+std::atomic<bool> avx2_allowed{true};
+
+bool use_avx2() {
+#if DRPOSE_AVX2_DISPATCH
+  return avx2_allowed.load(std::memory_order_relaxed) && cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+// The maps split over the threads; float maps take the AVX2 loop where the CPU has it.
 template <typename scalar_t, typename acc_t, Loss L, bool kLoss, bool kGrad, bool kKeypoints>
 void map_kernel(const scalar_t* logits, const acc_t* keypoints, const acc_t* scale, int64_t maps,
                 int64_t H, int64_t W, acc_t sigma, acc_t* sums, scalar_t* grad_logits,
                 acc_t* grad_keypoints) {
   static_assert(kLoss || kGrad, "map_kernel computes the loss, its gradient or both");
   static_assert(kGrad || !kKeypoints, "keypoint gradients come with the logits' gradient");
-  const acc_t inv_sigma2 = acc_t(1) / (sigma * sigma);
-  const acc_t inv_two_sigma2 = acc_t(0.5) * inv_sigma2;
+  auto range = &baseline::map_range<scalar_t, acc_t, L, kLoss, kGrad, kKeypoints>;
+#if DRPOSE_AVX2_DISPATCH
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (use_avx2()) range = &avx2::map_range<scalar_t, acc_t, L, kLoss, kGrad, kKeypoints>;
+  }
+#endif
   at::parallel_for(0, maps, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> gx(W), dx(W);
-    for (int64_t m = begin; m < end; ++m) {
-      const acc_t c = scale[m];
-      scalar_t* grad_map = kGrad ? grad_logits + m * H * W : nullptr;
-      if (c == acc_t(0)) {
-        if constexpr (kLoss) sums[m] = acc_t(0);
-        if constexpr (kGrad) std::fill(grad_map, grad_map + H * W, scalar_t(0));
-        if constexpr (kKeypoints) grad_keypoints[2 * m] = grad_keypoints[2 * m + 1] = acc_t(0);
-        continue;
-      }
-      const acc_t kx = keypoints[2 * m], ky = keypoints[2 * m + 1];
-      for (int64_t x = 0; x < W; ++x) {
-        dx[x] = static_cast<acc_t>(x) - kx;
-        gx[x] = heatmap::gaussian_factor(static_cast<acc_t>(x), kx, inv_two_sigma2);
-      }
-      const scalar_t* map = logits + m * H * W;
-      double total = 0.0, sum_x = 0.0, sum_y = 0.0;
-      for (int64_t y = 0; y < H; ++y) {
-        const scalar_t* row = map + y * W;
-        scalar_t* grad_row = kGrad ? grad_map + y * W : nullptr;
-        const acc_t gy = heatmap::gaussian_factor(static_cast<acc_t>(y), ky, inv_two_sigma2);
-        acc_t row_f = acc_t(0), row_x = acc_t(0), row_g = acc_t(0);
-#pragma omp simd reduction(+ : row_f, row_x, row_g)
-        for (int64_t x = 0; x < W; ++x) {
-          const acc_t tx = gx[x];
-          const auto p = heatmap::pixel_terms<L>(static_cast<acc_t>(row[x]), gy * tx);
-          if constexpr (kLoss) row_f += p.value;
-          if constexpr (kGrad) grad_row[x] = static_cast<scalar_t>(c * p.d_logit);
-          if constexpr (kKeypoints) {
-            const acc_t g = p.d_target * tx;
-            row_x += g * dx[x];
-            row_g += g;
-          }
-        }
-        if constexpr (kLoss) total += static_cast<double>(row_f);
-        if constexpr (kKeypoints) {
-          sum_x += static_cast<double>(gy) * row_x;
-          sum_y += static_cast<double>(gy) * (static_cast<double>(y) - ky) * row_g;
-        }
-      }
-      if constexpr (kLoss) sums[m] = static_cast<acc_t>(total) * c;
-      if constexpr (kKeypoints) {
-        grad_keypoints[2 * m] = static_cast<acc_t>(sum_x) * inv_sigma2 * c;
-        grad_keypoints[2 * m + 1] = static_cast<acc_t>(sum_y) * inv_sigma2 * c;
-      }
-    }
+    range(begin, end, logits, keypoints, scale, H, W, sigma, sums, grad_logits, grad_keypoints);
   });
 }
 
@@ -192,6 +195,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pose_heatmap_loss_forward_grad_cp
   run<true, true>(logits, keypoints, weight, sigma, loss, keypoints_grad, sums, grad_logits,
                   grad_keypoints);
   return {sums, grad_logits, grad_keypoints};
+}
+
+std::string pose_heatmap_loss_cpu_isa(const std::string& choice) {
+  TORCH_CHECK(choice.empty() || choice == "auto" || choice == "baseline",
+              "pose_heatmap_loss_cpu_isa: choice must be '', 'auto' or 'baseline', not '", choice,
+              "'");
+  if (!choice.empty()) avx2_allowed = choice == "auto";
+#if DRPOSE_AVX2_DISPATCH
+  return use_avx2() ? "avx2" : "baseline";
+#else
+  return "build";
+#endif
 }
 
 }  // namespace drpose

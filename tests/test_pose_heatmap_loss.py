@@ -409,3 +409,54 @@ def test_one_pass_gradient_is_advised_huge_pages():
     pose_heatmap_loss(logits, keypoints, backend="cpu").backward()
     hugepage_aligned = (logits.grad.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
     assert "hg" in _vm_flags(hugepage_aligned)
+
+
+@pytest.fixture(params=["auto", "baseline"])
+def cpu_isa(request):
+    """Runs a test with the CPU map loop of each instruction set the build can pick: "auto"
+    (AVX2 + FMA on such a CPU in a portable x86 build) and "baseline" (forced)."""
+    if not _extension.available():
+        pytest.skip("drpose._C not built")
+    chosen = _extension.require().pose_heatmap_loss_cpu_isa(request.param)
+    yield chosen
+    _extension.require().pose_heatmap_loss_cpu_isa("auto")
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (1, 1, 3, 24, 96)])
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_each_cpu_instruction_set_matches_reference(cpu_isa, shape, loss):
+    """float32 one-pass loss and gradients, the forward alone, and the two-pass backward, for
+    the loop the fixture chose (the widest shape has rows of 12 AVX2 registers)."""
+    assert cpu_isa in ("avx2", "baseline", "build")
+    logits, keypoints, visible = make_inputs(shape, torch.float32, seed=3, spread=1.4)
+    upstream = torch.randn(shape[0])
+    expected = grads(pose_heatmap_loss_reference, logits, keypoints, visible, upstream,
+                     sigma=1.5, loss=loss)
+    got = grads(pose_heatmap_loss, logits, keypoints, visible, upstream, sigma=1.5, loss=loss,
+                backend="cpu")
+    heatmap_op = importlib.import_module("drpose.ops.pose_heatmap_loss")
+    one_pass = heatmap_op.ONE_PASS_BACKENDS
+    heatmap_op.ONE_PASS_BACKENDS = ()
+    try:
+        two_pass = grads(pose_heatmap_loss, logits, keypoints, visible, upstream, sigma=1.5,
+                         loss=loss, backend="cpu")
+    finally:
+        heatmap_op.ONE_PASS_BACKENDS = one_pass
+    with torch.no_grad():
+        forward = pose_heatmap_loss(logits, keypoints, visible, sigma=1.5, loss=loss,
+                                    reduction="none", backend="cpu")
+    for name, e, g, t in zip(("loss", "grad_logits", "grad_keypoints"), expected, got, two_pass,
+                             strict=True):
+        scale = e.abs().max().item() + 1e-30
+        torch.testing.assert_close(g, e, rtol=2e-5, atol=2e-5 * scale, msg=name)
+        torch.testing.assert_close(t, e, rtol=2e-5, atol=2e-5 * scale, msg=f"two-pass {name}")
+    loss_scale = expected[0].abs().max().item()
+    torch.testing.assert_close(forward, expected[0], rtol=2e-5, atol=2e-5 * loss_scale)
+
+
+def test_cpu_instruction_set_choice_is_checked():
+    if not _extension.available():
+        pytest.skip("drpose._C not built")
+    with pytest.raises(RuntimeError, match="'auto' or 'baseline'"):
+        _extension.require().pose_heatmap_loss_cpu_isa("avx512")
+    assert _extension.require().pose_heatmap_loss_cpu_isa() in ("avx2", "baseline", "build")
