@@ -26,14 +26,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pose_heatmap_loss_forward_grad_cp
     const at::Tensor& logits, const at::Tensor& keypoints,
     const at::Tensor& weight,  // (M,)
     double sigma, int64_t loss, bool keypoints_grad);
+// The instruction set of the CPU map loop for float logits in a portable x86 build: "avx512",
+// "avx2" (+ FMA) or "baseline" (the build's target), the widest the CPU has at or below the
+// ceiling that `choice` sets ("auto" = the widest; "" asks only). "build" when the build has one
+// loop for its own target (e.g. DRPOSE_NATIVE=1).
+std::string pose_heatmap_loss_cpu_isa(const std::string& choice);
 
 // rasterize / interpolate: nvdiffrast's contract; see csrc/rasterize_math.h (the maths, shared
 // by the CPU and CUDA kernels) and drpose/ops/rasterize.py. pos (N, V, 4) clip space, tri (T, 3)
-// int32 -> rast (N, H, W, 4); attr (N | 1, V, A) -> (N, H, W, A).// The instruction set of the CPU map loop for float logits: "avx2" (a portable x86 build on a
-// CPU with AVX2 + FMA), "baseline" (the build's target; forced by choice "baseline", undone by
-// "auto"), or "build" (the build already targets this CPU, e.g. DRPOSE_NATIVE=1). "" asks only.
-std::string pose_heatmap_loss_cpu_isa(const std::string& choice);
-
+// int32 -> rast (N, H, W, 4); attr (N | 1, V, A) -> (N, H, W, A).
 at::Tensor rasterize_forward_cpu(const at::Tensor& pos, const at::Tensor& tri, int64_t height,
                                  int64_t width);
 at::Tensor rasterize_backward_cpu(const at::Tensor& grad_rast, const at::Tensor& pos,
