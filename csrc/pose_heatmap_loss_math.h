@@ -57,7 +57,7 @@ DRPOSE_HD inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float shifted = x * 1.44269504088896341f + 12582912.0f;
   const float n = shifted - 12582912.0f;
-  float r = x - n * 0.693359375f;  // ln2 split in two: 0.693359375 is exact in 10 bits
+  float r = x - n * 0.693359375f;  // ln2 split in two: 355/512 (9 bits), so n * it is exact
   r = r + n * 2.12194440e-4f;
   float p = 1.387969100e-03f;
   p = p * r + 8.368693314e-03f;
