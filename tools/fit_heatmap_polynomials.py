@@ -37,18 +37,26 @@ def chebyshev_nodes(lo: float, hi: float) -> np.ndarray:
     return (lo + hi) / 2 + (hi - lo) / 2 * np.cos(np.linspace(0.0, np.pi, NODES))
 
 
-def main() -> None:
+def fit_exp() -> tuple[np.ndarray, float]:
+    """P (r^0 .. r^4) of e^r ~ 1 + r + r^2 P(r) on [-ln2/2, ln2/2], and its max relative error."""
     r = chebyshev_nodes(-np.log(2) / 2, np.log(2) / 2)
     exp_r = np.exp(r)
-    p, error = fit_relative(r, exp_r, 1 + r, range(2, 7), exp_r)
-    print(f"exp: P (r^0 .. r^4) = {', '.join(f'{c:.9e}' for c in p)}; max rel error {error:.2e}")
+    return fit_relative(r, exp_r, 1 + r, range(2, 7), exp_r)
 
+
+def fit_log1p() -> tuple[np.ndarray, float]:
+    """Q (w^0 .. w^3) of atanh(s) / s ~ 1 + w Q(w), w = s^2 in [0, 1/9], and its max relative
+    error."""
     w = chebyshev_nodes(0.0, 1 / 9)
     s = np.sqrt(w)
     ratio = np.where(s > 0, np.arctanh(s) / np.where(s > 0, s, 1.0), 1.0)
-    q, error = fit_relative(w, ratio, np.ones_like(w), range(1, 5), ratio)
-    print(f"log1p: Q (w^0 .. w^3) = {', '.join(f'{c:.9e}' for c in q)}; max rel error "
-          f"{error:.2e}")
+    return fit_relative(w, ratio, np.ones_like(w), range(1, 5), ratio)
+
+
+def main() -> None:
+    for name, fit in (("exp: P", fit_exp), ("log1p: Q", fit_log1p)):
+        coeffs, error = fit()
+        print(f"{name} = {', '.join(f'{c:.9e}' for c in coeffs)}; max rel error {error:.2e}")
 
 
 if __name__ == "__main__":
